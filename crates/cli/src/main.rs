@@ -1,0 +1,125 @@
+//! The `pubsub` binary.
+//!
+//! - `pubsub serve`: a single node with in-memory state (serve.rs, settings.rs).
+//! - `pubsub listen` / `pubsub send`: a command-line client for trying a
+//!   server from two terminals (client_commands.rs).
+
+mod client_commands;
+mod serve;
+mod settings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use settings::{AuthMode, BuiltinHandler, Overrides};
+
+#[derive(Parser)]
+#[command(
+    name = "pubsub",
+    version,
+    about = "Real-time messaging between browser tabs, users and backends"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a PubSub node (WebSocket endpoint, /stats, /health).
+    Serve {
+        /// TOML settings file (default: ./pubsub.toml if it exists).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Address to listen on [default: 0.0.0.0].
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
+        /// Port to listen on [default: 4001].
+        #[arg(long, short)]
+        port: Option<u16>,
+        /// How clients authenticate. Required; `dev` trusts ?userId= and is for development only.
+        #[arg(long, value_enum)]
+        auth: Option<AuthMode>,
+        /// Built-in handler for sendToServer [default: none].
+        #[arg(long, value_enum)]
+        handler: Option<BuiltinHandler>,
+        /// Node id used in client ids [default: random].
+        #[arg(long)]
+        node_id: Option<String>,
+        /// Log filter [default: info].
+        #[arg(long)]
+        log: Option<String>,
+    },
+    /// Connect as a user and print every action received, one JSON line each.
+    Listen {
+        #[command(flatten)]
+        connection: client_commands::ConnectionArgs,
+        /// Only print actions of this type [default: all].
+        #[arg(long = "type", short = 't')]
+        action_type: Option<String>,
+    },
+    /// Connect as a user, send one action, print the acknowledgement or response.
+    Send {
+        #[command(flatten)]
+        connection: client_commands::ConnectionArgs,
+        #[command(flatten)]
+        target: client_commands::Target,
+        /// The action, a JSON object with a string "type".
+        action: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("pubsub: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve {
+                config,
+                bind,
+                port,
+                auth,
+                handler,
+                node_id,
+                log,
+            } => {
+                let overrides = Overrides {
+                    bind,
+                    port,
+                    auth,
+                    handler,
+                    node_id,
+                    log,
+                };
+                serve::run(config.as_deref(), &overrides).await
+            }
+            Command::Listen {
+                connection,
+                action_type,
+            } => client_commands::listen(&connection, action_type.as_deref()).await,
+            Command::Send {
+                connection,
+                target,
+                action,
+            } => client_commands::send(&connection, &target, &action).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pubsub: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! `pubsub serve`: load settings, build the server, run until Ctrl-C or
+//! SIGTERM, then shut down gracefully.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use pubsub_server::{DEV_AUTH_WARNING, DevAuth, Server, handler_fn};
+use tracing_subscriber::EnvFilter;
+
+use crate::settings::{self, AuthMode, BuiltinHandler, Overrides};
+
+pub async fn run(config: Option<&Path>, overrides: &Overrides) -> anyhow::Result<()> {
+    let settings = settings::load(config, overrides).context("invalid settings")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&settings.log).context("invalid log filter")?)
+        .init();
+
+    let mut builder = Server::builder().config(settings.server.clone());
+    match settings.auth {
+        Some(AuthMode::Dev) => {
+            tracing::warn!("{DEV_AUTH_WARNING}");
+            builder = builder.authenticator(DevAuth);
+        }
+        None => bail!(
+            "no auth mode chosen. Pass --auth dev (or auth = \"dev\" in pubsub.toml, or \
+             PUBSUB_AUTH=dev) to trust the userId query parameter; it lets anyone claim \
+             any user id, so use it for development only"
+        ),
+    }
+    if let Some(node) = &settings.node_id {
+        builder = builder.node_id(node.clone());
+    }
+    if settings.handler == BuiltinHandler::Echo {
+        builder = builder.handler(handler_fn(
+            |_ctx, action| async move { Ok(action.to_value()) },
+        ));
+    }
+    let server = builder.build()?;
+    let addr = SocketAddr::new(settings.bind, settings.port);
+    let running = server
+        .bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    println!(
+        "pubsub listening on ws://{}{} (stats: http://{}/stats)",
+        running.local_addr(),
+        settings.server.path,
+        running.local_addr()
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let report = running.shutdown().await;
+    if !report.clean {
+        tracing::warn!(
+            remaining = report.remaining,
+            "some connections did not finish in time"
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,209 @@
+//! Identifiers that cross the wire: user ids, client ids and message ids.
+//!
+//! All three are cheap to clone (`Arc<str>`) because the server copies them into
+//! routing tables, idempotency records and every delivered frame.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Longest user id or message id accepted, in bytes of UTF-8.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Why an identifier was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {MAX_ID_BYTES} bytes")]
+    TooLong,
+    #[error("must not contain control characters")]
+    ControlCharacter,
+    #[error("must be a string or an integer")]
+    WrongType,
+}
+
+fn validate(s: &str) -> Result<(), IdError> {
+    if s.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if s.len() > MAX_ID_BYTES {
+        return Err(IdError::TooLong);
+    }
+    if s.chars().any(char::is_control) {
+        return Err(IdError::ControlCharacter);
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, accepts_integers = $ints:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Validates and wraps an identifier.
+            pub fn new(value: impl AsRef<str>) -> Result<Self, IdError> {
+                let value = value.as_ref();
+                validate(value)?;
+                Ok(Self(Arc::from(value)))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = IdError;
+            fn try_from(value: &str) -> Result<Self, IdError> {
+                Self::new(value)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(value: String) -> Result<Self, IdError> {
+                Self::new(value)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                deserializer.deserialize_any(IdVisitor { integers: $ints }).map(Self)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A user's id. The original package accepted strings and numbers; numbers
+    /// are carried as their decimal string, so `44` and `"44"` are the same user.
+    UserId,
+    accepts_integers = true
+);
+
+id_type!(
+    /// A connection's id, assigned by the server and unique across a cluster.
+    ClientId,
+    accepts_integers = false
+);
+
+id_type!(
+    /// A request's id, chosen by the client. It correlates acknowledgements,
+    /// responses and errors, and is the idempotency key for retries.
+    MessageId,
+    accepts_integers = false
+);
+
+impl UserId {
+    /// The user id for an integer, as the original package allowed.
+    pub fn from_integer(value: i64) -> Self {
+        Self(Arc::from(value.to_string()))
+    }
+}
+
+struct IdVisitor {
+    integers: bool,
+}
+
+impl IdVisitor {
+    fn checked<E: de::Error>(value: &str) -> Result<Arc<str>, E> {
+        validate(value).map_err(E::custom)?;
+        Ok(Arc::from(value))
+    }
+}
+
+impl Visitor<'_> for IdVisitor {
+    type Value = Arc<str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.integers {
+            f.write_str("a string or an integer id")
+        } else {
+            f.write_str("a string id")
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Self::checked(v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        if !self.integers {
+            return Err(E::custom(IdError::WrongType));
+        }
+        Ok(Arc::from(v.to_string()))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        if !self.integers {
+            return Err(E::custom(IdError::WrongType));
+        }
+        Ok(Arc::from(v.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_become_decimal_user_ids() {
+        let id: UserId = serde_json::from_str("44").unwrap();
+        assert_eq!(id.as_str(), "44");
+        assert_eq!(id, UserId::new("44").unwrap());
+    }
+
+    #[test]
+    fn message_ids_must_be_strings() {
+        assert!(serde_json::from_str::<MessageId>("7").is_err());
+        assert!(serde_json::from_str::<MessageId>("\"m-7\"").is_ok());
+    }
+
+    #[test]
+    fn refuses_empty_long_and_control_characters() {
+        assert_eq!(UserId::new(""), Err(IdError::Empty));
+        assert_eq!(
+            UserId::new("a".repeat(MAX_ID_BYTES + 1)),
+            Err(IdError::TooLong)
+        );
+        assert_eq!(UserId::new("a\nb"), Err(IdError::ControlCharacter));
+        assert!(UserId::new("a".repeat(MAX_ID_BYTES)).is_ok());
+        assert!(serde_json::from_str::<UserId>("1.5").is_err());
+    }
+}

@@ -1,0 +1,32 @@
+//! The PubSub wire protocol, version 1 (docs/protocol.md is the specification).
+//!
+//! - [`ids`]: user, client and message ids.
+//! - [`action`]: the application payload (`{"type": …}`), validated but never re-serialised.
+//! - [`client_frame`]: frames from clients — decoded by the server, encoded by clients.
+//! - [`server_frame`]: frames from the server — encoded by the server, decoded by clients.
+//! - [`codes`]: numbered error codes and WebSocket close codes with their advice.
+//! - [`limits`]: default limits.
+
+pub mod action;
+pub mod client_frame;
+pub mod codes;
+pub mod ids;
+pub mod limits;
+pub mod server_frame;
+
+pub use action::{Action, ActionError, ActionRef, RESERVED_PREFIX};
+pub use client_frame::{
+    ClientFrame, DecodeLimits, FrameError, Request, RequestKind, decode_client_frame,
+};
+pub use codes::{CloseAdvice, ErrorCode, close, close_advice};
+pub use ids::{ClientId, IdError, MessageId, UserId};
+pub use server_frame::{
+    Delivery, ErrorFrame, Limits, PROTOCOL_VERSION, Sender, ServerFrame, Via, Welcome,
+    decode_server_frame,
+};
+
+/// The WebSocket subprotocol for version 1 with JSON text frames.
+pub const SUBPROTOCOL_JSON_V1: &str = "pubsub.v1.json";
+
+/// Default path of the WebSocket endpoint.
+pub const DEFAULT_PATH: &str = "/ws";

@@ -1,0 +1,332 @@
+//! Frames the server sends to a client: encoding (server side, from borrowed
+//! parts so fan-out encodes once) and decoding (client side, owned).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::codes::ErrorCode;
+use crate::ids::{ClientId, MessageId, UserId};
+
+/// Names of the server frame kinds.
+pub mod kind {
+    pub const WELCOME: &str = "welcome";
+    pub const MESSAGE: &str = "message";
+    pub const ACK: &str = "ack";
+    pub const ERROR: &str = "error";
+    pub const PING: &str = "ping";
+    pub const PONG: &str = "pong";
+}
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Limits the server enforces, announced in `welcome`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Largest message (frame payload, after reassembly) the server accepts.
+    pub max_message_bytes: usize,
+    /// Most distinct users in one `sendToUser`.
+    pub max_recipients: usize,
+    /// Longest user id or message id, in bytes.
+    pub max_id_bytes: usize,
+    /// Requests per second per connection before `rate_limited` (0 = unlimited).
+    pub max_requests_per_sec: u32,
+}
+
+/// First frame on every accepted connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Welcome {
+    pub protocol: u32,
+    /// This connection's client id.
+    pub client: ClientId,
+    /// The authenticated user.
+    pub user: UserId,
+    /// The server node's id (useful in logs; clusters have several).
+    pub node: String,
+    /// The server sends `ping` at this interval; answer each with `pong`.
+    pub heartbeat_ms: u64,
+    /// Silence from the client for `heartbeatMs + heartbeatTimeoutMs` closes the connection.
+    pub heartbeat_timeout_ms: u64,
+    pub limits: Limits,
+}
+
+/// Who sent a delivered message. Stamped by the server; clients cannot forge it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Sender {
+    pub user: UserId,
+    pub client: ClientId,
+}
+
+/// How a delivered message reached this client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Via {
+    /// Another tab of the same user called `broadcast`.
+    Broadcast,
+    /// Someone called `sendToUser` naming this client's user.
+    User,
+    /// The server (a handler or the embedding application) sent it.
+    Server,
+    /// A kind added by a newer server; clients deliver it like any other.
+    #[serde(other)]
+    Other,
+}
+
+// ---------------------------------------------------------------- encoding
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    kind: &'static str,
+    id: &'a MessageId,
+    via: Via,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a Sender>,
+    action: &'a RawValue,
+}
+
+/// Encodes a delivered action. The action bytes are copied verbatim.
+pub fn encode_message(
+    id: &MessageId,
+    via: Via,
+    from: Option<&Sender>,
+    action: &RawValue,
+) -> String {
+    to_json(&MessageOut {
+        kind: kind::MESSAGE,
+        id,
+        via,
+        from,
+        action,
+    })
+}
+
+#[derive(Serialize)]
+struct AckOut<'a, T: ?Sized> {
+    kind: &'static str,
+    id: &'a MessageId,
+    result: &'a T,
+}
+
+/// Encodes a successful settlement of request `id` with `result` (any
+/// serialisable value, a `RawValue` included).
+pub fn encode_ack<T: Serialize + ?Sized>(id: &MessageId, result: &T) -> String {
+    to_json(&AckOut {
+        kind: kind::ACK,
+        id,
+        result,
+    })
+}
+
+/// The parts of an `error` frame.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorParts<'a> {
+    pub id: Option<&'a MessageId>,
+    pub code: ErrorCode,
+    pub message: &'a str,
+    pub retryable: bool,
+    pub data: Option<&'a RawValue>,
+}
+
+impl<'a> ErrorParts<'a> {
+    /// An error whose retryability is the code's default.
+    pub fn new(id: Option<&'a MessageId>, code: ErrorCode, message: &'a str) -> Self {
+        Self {
+            id,
+            code,
+            message,
+            retryable: code.retryable(),
+            data: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorOut<'a> {
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a MessageId>,
+    code: u16,
+    name: &'static str,
+    message: &'a str,
+    retryable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+}
+
+pub fn encode_error(parts: ErrorParts<'_>) -> String {
+    to_json(&ErrorOut {
+        kind: kind::ERROR,
+        id: parts.id,
+        code: parts.code.code(),
+        name: parts.code.name(),
+        message: parts.message,
+        retryable: parts.retryable,
+        data: parts.data,
+    })
+}
+
+pub fn encode_welcome(welcome: &Welcome) -> String {
+    #[derive(Serialize)]
+    struct WelcomeOut<'a> {
+        kind: &'static str,
+        #[serde(flatten)]
+        welcome: &'a Welcome,
+    }
+    to_json(&WelcomeOut {
+        kind: kind::WELCOME,
+        welcome,
+    })
+}
+
+/// The server's heartbeat.
+pub const PING_FRAME: &str = r#"{"kind":"ping"}"#;
+
+/// The answer to a client-initiated `ping`.
+pub fn encode_pong(id: Option<&MessageId>) -> String {
+    #[derive(Serialize)]
+    struct PongOut<'a> {
+        kind: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a MessageId>,
+    }
+    to_json(&PongOut {
+        kind: kind::PONG,
+        id,
+    })
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    // Every frame type above is made of strings, numbers and RawValues, whose
+    // serialisation into a String cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------- decoding
+
+/// A delivered action, as a client sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The sender's message id.
+    pub id: MessageId,
+    pub via: Via,
+    /// Absent when the server itself sent the action.
+    #[serde(default)]
+    pub from: Option<Sender>,
+    pub action: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AckFrame {
+    pub id: MessageId,
+    pub result: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    #[serde(default)]
+    pub id: Option<MessageId>,
+    /// Kept as a number so codes added by newer servers still decode.
+    pub code: u16,
+    pub name: String,
+    pub message: String,
+    pub retryable: bool,
+    #[serde(default)]
+    pub data: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PongFrame {
+    #[serde(default)]
+    pub id: Option<MessageId>,
+}
+
+/// Any frame the server sends. Unknown kinds decode as `Unknown` and must be
+/// ignored, so newer servers can add frames without breaking old clients.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum ServerFrame {
+    Welcome(Welcome),
+    Message(Delivery),
+    Ack(AckFrame),
+    Error(ErrorFrame),
+    Ping,
+    Pong(PongFrame),
+    #[serde(other)]
+    Unknown,
+}
+
+/// Decodes one text frame from the server (client side).
+pub fn decode_server_frame(text: &str) -> Result<ServerFrame, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// Re-encodes a decoded frame with the server's encoders. Used by the codec
+/// tests and by tools that relay frames.
+pub fn encode_server_frame(frame: &ServerFrame) -> Option<String> {
+    let raw = |v: &Value| serde_json::value::to_raw_value(v).ok();
+    Some(match frame {
+        ServerFrame::Welcome(w) => encode_welcome(w),
+        ServerFrame::Message(d) => encode_message(&d.id, d.via, d.from.as_ref(), &raw(&d.action)?),
+        ServerFrame::Ack(a) => encode_ack(&a.id, &raw(&a.result)?),
+        ServerFrame::Error(e) => {
+            let data = match &e.data {
+                Some(d) => Some(raw(d)?),
+                None => None,
+            };
+            let mut parts =
+                ErrorParts::new(e.id.as_ref(), ErrorCode::from_code(e.code)?, &e.message);
+            parts.retryable = e.retryable;
+            parts.data = data.as_deref();
+            encode_error(parts)
+        }
+        ServerFrame::Ping => PING_FRAME.to_owned(),
+        ServerFrame::Pong(p) => encode_pong(p.id.as_ref()),
+        ServerFrame::Unknown => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_frame_keeps_action_bytes() {
+        let action = RawValue::from_string(r#"{"type":"X","n":1.50}"#.into()).unwrap();
+        let text = encode_message(
+            &MessageId::new("m").unwrap(),
+            Via::Broadcast,
+            Some(&Sender {
+                user: UserId::new("a").unwrap(),
+                client: ClientId::new("c1").unwrap(),
+            }),
+            &action,
+        );
+        assert!(text.contains(r#""action":{"type":"X","n":1.50}"#), "{text}");
+        match decode_server_frame(&text).unwrap() {
+            ServerFrame::Message(d) => assert_eq!(d.from.unwrap().user.as_str(), "a"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_and_vias_decode() {
+        assert_eq!(
+            decode_server_frame(r#"{"kind":"fromTheFuture","x":1}"#).unwrap(),
+            ServerFrame::Unknown
+        );
+        let f = decode_server_frame(
+            r#"{"kind":"message","id":"m","via":"warp","action":{"type":"X"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            f,
+            ServerFrame::Message(Delivery {
+                via: Via::Other,
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,80 @@
+//! A connected client as the rest of the server sees it: its identity and a
+//! way to hand it frames. Engines keep these in their routing tables.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pubsub_protocol::{ClientId, UserId};
+use serde::Serialize;
+
+use super::outbox::{Frame, Kick, Outbox};
+
+/// Facts about a connected client, as shown to handlers and in read views.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientInfo {
+    pub id: ClientId,
+    pub user: UserId,
+    pub remote_addr: SocketAddr,
+    /// Milliseconds since the Unix epoch.
+    pub connected_at: u64,
+    /// The node the client is connected to.
+    pub node: String,
+}
+
+/// A local connection: its facts plus its outbound queue.
+pub struct ClientHandle {
+    info: Arc<ClientInfo>,
+    outbox: Outbox,
+}
+
+impl ClientHandle {
+    pub(crate) fn new(info: ClientInfo, max_outbound_bytes: usize) -> Self {
+        Self {
+            info: Arc::new(info),
+            outbox: Outbox::new(max_outbound_bytes),
+        }
+    }
+
+    pub fn info(&self) -> &ClientInfo {
+        &self.info
+    }
+
+    pub(crate) fn shared_info(&self) -> &Arc<ClientInfo> {
+        &self.info
+    }
+
+    pub fn id(&self) -> &ClientId {
+        &self.info.id
+    }
+
+    pub fn user(&self) -> &UserId {
+        &self.info.user
+    }
+
+    /// Queues a frame for this client. False if it was not queued (the
+    /// client is closing or just overflowed its queue).
+    pub fn deliver(&self, frame: &Frame) -> bool {
+        self.outbox.push(frame.clone())
+    }
+
+    /// Closes the connection with `code` and `reason` after what is queued.
+    pub fn disconnect(&self, code: u16, reason: impl Into<std::borrow::Cow<'static, str>>) {
+        self.outbox.kick(Kick {
+            code,
+            reason: reason.into(),
+        });
+    }
+
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+}
+
+impl std::fmt::Debug for ClientHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientHandle")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,113 @@
+//! The server's handler for `sendToServer` (the original's `handler` option).
+//!
+//! Whatever the handler returns becomes the `result` of the client's ack; an
+//! error becomes an `error` frame with code 2001 and the handler's message.
+
+use std::future::Future;
+
+use async_trait::async_trait;
+use pubsub_protocol::Action;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::context::HandlerContext;
+
+/// A handler's successful answer, already serialised.
+#[derive(Debug, Clone)]
+pub struct Reply(pub(crate) Box<RawValue>);
+
+impl Reply {
+    pub fn as_raw(&self) -> &RawValue {
+        &self.0
+    }
+}
+
+/// What a handler returns.
+pub type HandlerResult = Result<Reply, HandlerError>;
+
+/// Serialises `value` as the reply.
+pub fn reply<T: Serialize + ?Sized>(value: &T) -> HandlerResult {
+    serde_json::value::to_raw_value(value)
+        .map(Reply)
+        .map_err(|e| HandlerError::new(format!("the handler's reply could not be serialised: {e}")))
+}
+
+/// A handler's refusal or failure, sent to the client as `handler_error`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandlerError {
+    pub message: String,
+    /// Whether the client may retry with the same message id. Retryable errors
+    /// are not remembered in the retry window, so the retry runs the handler again.
+    pub retryable: bool,
+    /// Application details passed to the client as `data`.
+    pub data: Option<serde_json::Value>,
+}
+
+impl HandlerError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+            data: None,
+        }
+    }
+
+    pub fn retryable(mut self) -> Self {
+        self.retryable = true;
+        self
+    }
+
+    pub fn with_data(mut self, data: impl Serialize) -> Self {
+        self.data = serde_json::to_value(data).ok();
+        self
+    }
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for HandlerError {}
+
+/// Handles actions sent with `sendToServer`.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle(&self, ctx: HandlerContext, action: Action) -> HandlerResult;
+}
+
+struct HandlerFn<F>(F);
+
+#[async_trait]
+impl<F, Fut, T> Handler for HandlerFn<F>
+where
+    F: Fn(HandlerContext, Action) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, HandlerError>> + Send + 'static,
+    T: Serialize + Send + 'static,
+{
+    async fn handle(&self, ctx: HandlerContext, action: Action) -> HandlerResult {
+        let value = (self.0)(ctx, action).await?;
+        reply(&value)
+    }
+}
+
+/// Wraps an async closure as a [`Handler`]; it may return any serialisable value.
+///
+/// ```no_run
+/// # use pubsub_server::{handler_fn, HandlerError};
+/// let handler = handler_fn(|ctx, action| async move {
+///     match action.action_type() {
+///         "WHO_AM_I" => Ok(serde_json::json!({ "user": ctx.user() })),
+///         other => Err(HandlerError::new(format!("unknown action {other}"))),
+///     }
+/// });
+/// ```
+pub fn handler_fn<F, Fut, T>(f: F) -> impl Handler
+where
+    F: Fn(HandlerContext, Action) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, HandlerError>> + Send + 'static,
+    T: Serialize + Send + 'static,
+{
+    HandlerFn(f)
+}

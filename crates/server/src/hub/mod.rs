@@ -1,0 +1,124 @@
+//! The hub: state shared by every connection of a node, and the processing of
+//! client requests (`broadcast`, `sendToUser`, `sendToServer`) into deliveries
+//! and answers. It owns no sockets; connections hand it decoded frames.
+
+mod requests;
+mod retry_window;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use pubsub_protocol::server_frame::{ErrorParts, encode_error};
+use pubsub_protocol::{ClientId, DecodeLimits, ErrorCode, MessageId};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Authenticator, VerifyClient};
+use crate::config::ServerConfig;
+use crate::connection::Frame;
+use crate::engine::Engine;
+use crate::handler::Handler;
+use crate::stats::{Stats, StatsSnapshot};
+
+pub(crate) use requests::Answer;
+pub(crate) use retry_window::RetryWindow;
+
+pub(crate) struct Hub {
+    pub(crate) config: ServerConfig,
+    pub(crate) node: String,
+    pub(crate) engine: Arc<dyn Engine>,
+    pub(crate) handler: Option<Arc<dyn Handler>>,
+    pub(crate) auth: Arc<dyn Authenticator>,
+    pub(crate) verify: Option<Arc<dyn VerifyClient>>,
+    pub(crate) retry_window: RetryWindow,
+    pub(crate) stats: Stats,
+    /// Cancelled when graceful shutdown starts.
+    pub(crate) shutdown: CancellationToken,
+    /// Every connection task (HTTP and WebSocket), so shutdown can wait for them.
+    pub(crate) tasks: TaskTracker,
+    pub(crate) decode_limits: DecodeLimits,
+    pub(crate) open_connections: AtomicUsize,
+    next_client: AtomicU64,
+    next_message: AtomicU64,
+}
+
+pub(crate) struct HubParts {
+    pub(crate) config: ServerConfig,
+    pub(crate) node: String,
+    pub(crate) engine: Arc<dyn Engine>,
+    pub(crate) handler: Option<Arc<dyn Handler>>,
+    pub(crate) auth: Arc<dyn Authenticator>,
+    pub(crate) verify: Option<Arc<dyn VerifyClient>>,
+}
+
+impl Hub {
+    pub(crate) fn new(parts: HubParts) -> Self {
+        let retry_window = RetryWindow::new(
+            parts.config.retry_window(),
+            parts.config.retry_window_max_bytes_per_user,
+        );
+        Self {
+            decode_limits: DecodeLimits {
+                max_recipients: parts.config.max_recipients,
+            },
+            config: parts.config,
+            node: parts.node,
+            engine: parts.engine,
+            handler: parts.handler,
+            auth: parts.auth,
+            verify: parts.verify,
+            retry_window,
+            stats: Stats::new(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            open_connections: AtomicUsize::new(0),
+            next_client: AtomicU64::new(1),
+            next_message: AtomicU64::new(1),
+        }
+    }
+
+    /// A client id unique across the cluster: node id plus a local sequence.
+    pub(crate) fn next_client_id(&self) -> ClientId {
+        let n = self.next_client.fetch_add(1, Ordering::Relaxed);
+        ClientId::new(format!("{}-{n}", self.node)).unwrap_or_else(|_| unreachable_id())
+    }
+
+    /// Id for a message the server itself sends.
+    pub(crate) fn next_server_message_id(&self) -> MessageId {
+        let n = self.next_message.fetch_add(1, Ordering::Relaxed);
+        MessageId::new(format!("srv-{}-{n}", self.node)).unwrap_or_else(|_| unreachable_id())
+    }
+
+    /// Builds an `error` frame and counts it.
+    pub(crate) fn error_frame(
+        &self,
+        id: Option<&MessageId>,
+        code: ErrorCode,
+        message: &str,
+    ) -> Frame {
+        self.stats.error(code);
+        Frame::from(encode_error(ErrorParts::new(id, code, message)))
+    }
+
+    pub(crate) fn count_deliveries(&self, n: usize) {
+        self.stats
+            .messages_out
+            .message
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stats_snapshot(&self) -> StatsSnapshot {
+        self.stats.snapshot(
+            &self.node,
+            self.engine.name(),
+            self.auth.mode(),
+            self.engine.counts(),
+        )
+    }
+}
+
+/// Node ids are validated at build time to be short and printable, so ids
+/// derived from them are always valid; this is never reached.
+fn unreachable_id<T>() -> T {
+    panic!("node id produced an invalid identifier")
+}

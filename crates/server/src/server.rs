@@ -1,0 +1,249 @@
+//! Building and running a server (the original's `createServer`), and
+//! graceful shutdown (the original's `disconnect`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::task::JoinHandle;
+
+use crate::auth::{Authenticator, VerifyClient};
+use crate::config::{ConfigError, ServerConfig};
+use crate::engine::{Engine, MemoryEngine};
+use crate::handle::ServerHandle;
+use crate::handler::Handler;
+use crate::http;
+use crate::hub::{Hub, HubParts};
+
+/// Extra time shutdown allows beyond `shutdown_timeout` for close handshakes.
+const CLOSE_ALLOWANCE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "no authenticator configured: choose one explicitly (DevAuth trusts the `userId` query parameter)"
+    )]
+    NoAuthenticator,
+    #[error("invalid node id {0:?}: use 1 to 32 characters from A-Z, a-z, 0-9, '_' and '-'")]
+    NodeId(String),
+}
+
+/// Configures a server. Only the authenticator is required: the engine
+/// defaults to in-memory, and without a handler `sendToServer` answers
+/// `no_handler`.
+#[must_use]
+pub struct ServerBuilder {
+    config: ServerConfig,
+    node: Option<String>,
+    engine: Option<Arc<dyn Engine>>,
+    handler: Option<Arc<dyn Handler>>,
+    auth: Option<Arc<dyn Authenticator>>,
+    verify: Option<Arc<dyn VerifyClient>>,
+    routes: Router,
+}
+
+impl ServerBuilder {
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// This node's id, used in client ids (default: random).
+    pub fn node_id(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    pub fn engine(mut self, engine: impl Engine) -> Self {
+        self.engine = Some(Arc::new(engine));
+        self
+    }
+
+    pub fn handler(mut self, handler: impl Handler) -> Self {
+        self.handler = Some(Arc::new(handler));
+        self
+    }
+
+    pub fn authenticator(mut self, auth: impl Authenticator) -> Self {
+        self.auth = Some(Arc::new(auth));
+        self
+    }
+
+    pub fn verify_client(mut self, verify: impl VerifyClient) -> Self {
+        self.verify = Some(Arc::new(verify));
+        self
+    }
+
+    /// HTTP routes served next to the WebSocket endpoint (the original's `expressUse`).
+    pub fn routes(mut self, routes: Router) -> Self {
+        self.routes = self.routes.merge(routes);
+        self
+    }
+
+    pub fn build(self) -> Result<Server, BuildError> {
+        self.config.validate()?;
+        let auth = self.auth.ok_or(BuildError::NoAuthenticator)?;
+        let node = match self.node {
+            Some(node) if valid_node_id(&node) => node,
+            Some(node) => return Err(BuildError::NodeId(node)),
+            None => random_node_id(),
+        };
+        let hub = Arc::new(Hub::new(HubParts {
+            config: self.config,
+            node,
+            engine: self.engine.unwrap_or_else(|| Arc::new(MemoryEngine::new())),
+            handler: self.handler,
+            auth,
+            verify: self.verify,
+        }));
+        Ok(Server {
+            hub,
+            routes: self.routes,
+        })
+    }
+}
+
+fn valid_node_id(node: &str) -> bool {
+    (1..=32).contains(&node.len())
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn random_node_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..6)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// A configured server, not yet listening.
+pub struct Server {
+    hub: Arc<Hub>,
+    routes: Router,
+}
+
+impl Server {
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            config: ServerConfig::default(),
+            node: None,
+            engine: None,
+            handler: None,
+            auth: None,
+            verify: None,
+            routes: Router::new(),
+        }
+    }
+
+    /// A handle for sending and reading, usable before the server listens
+    /// (for example inside routes passed to [`Server::routes`]).
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle::new(self.hub.clone())
+    }
+
+    /// Adds HTTP routes next to the WebSocket endpoint.
+    #[must_use]
+    pub fn routes(mut self, routes: Router) -> Self {
+        self.routes = self.routes.merge(routes);
+        self
+    }
+
+    /// Binds `addr` and starts serving.
+    pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<RunningServer> {
+        let listener = TcpListener::bind(addr).await?;
+        self.serve(listener)
+    }
+
+    /// Starts serving on an already bound listener.
+    pub fn serve(self, listener: TcpListener) -> io::Result<RunningServer> {
+        let local_addr = listener.local_addr()?;
+        let router = http::router(self.hub.clone(), self.routes);
+        let accept = tokio::spawn(http::accept_loop(listener, router, self.hub.clone()));
+        tokio::spawn(sweep_retry_window(self.hub.clone()));
+        tracing::info!(
+            %local_addr,
+            node = %self.hub.node,
+            engine = self.hub.engine.name(),
+            auth = self.hub.auth.mode(),
+            "pubsub listening"
+        );
+        Ok(RunningServer {
+            local_addr,
+            hub: self.hub,
+            accept,
+        })
+    }
+}
+
+async fn sweep_retry_window(hub: Arc<Hub>) {
+    let period =
+        (hub.config.retry_window() / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            () = hub.shutdown.cancelled() => return,
+            _ = tick.tick() => hub.retry_window.sweep(),
+        }
+    }
+}
+
+/// A listening server.
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    hub: Arc<Hub>,
+    accept: JoinHandle<()>,
+}
+
+/// How a graceful shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Every connection finished within the shutdown timeout.
+    pub clean: bool,
+    /// Connection tasks still running when shutdown gave up waiting.
+    pub remaining: usize,
+}
+
+impl RunningServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle::new(self.hub.clone())
+    }
+
+    /// Graceful shutdown: stop accepting, let in-flight handler calls answer,
+    /// close every client with 1012 ("reconnect"), and return within
+    /// `shutdown_timeout` plus a few seconds for close handshakes.
+    pub async fn shutdown(self) -> ShutdownReport {
+        self.hub.shutdown.cancel();
+        self.stopped().await
+    }
+
+    /// Waits for a shutdown started elsewhere (`ServerHandle::shutdown`) to finish.
+    pub async fn stopped(self) -> ShutdownReport {
+        self.hub.shutdown.cancelled().await;
+        let _ = self.accept.await;
+        self.hub.tasks.close();
+        let limit = self.hub.config.shutdown_timeout() + CLOSE_ALLOWANCE;
+        let clean = tokio::time::timeout(limit, self.hub.tasks.wait())
+            .await
+            .is_ok();
+        let report = ShutdownReport {
+            clean,
+            remaining: self.hub.tasks.len(),
+        };
+        tracing::info!(
+            clean = report.clean,
+            remaining = report.remaining,
+            "pubsub stopped"
+        );
+        report
+    }
+}

@@ -1,0 +1,152 @@
+//! Counters behind `stats()` and `GET /stats`.
+//!
+//! Plain relaxed atomics: they are read rarely and each is bumped once per
+//! frame or per fan-out (never once per recipient).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use pubsub_protocol::ErrorCode;
+use serde::Serialize;
+
+use crate::engine::Counts;
+
+macro_rules! counter_group {
+    ($name:ident, $snap:ident { $($field:ident => $json:literal),* $(,)? }) => {
+        #[derive(Default)]
+        pub(crate) struct $name {
+            $(pub(crate) $field: AtomicU64,)*
+        }
+
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+        pub struct $snap {
+            $(#[serde(rename = $json)] pub $field: u64,)*
+        }
+
+        impl $name {
+            fn snapshot(&self) -> $snap {
+                $snap { $($field: self.$field.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counter_group!(MessagesIn, MessagesInSnapshot {
+    broadcast => "broadcast",
+    send_to_user => "sendToUser",
+    send_to_server => "sendToServer",
+    ping => "ping",
+    pong => "pong",
+    invalid => "invalid",
+});
+
+counter_group!(MessagesOut, MessagesOutSnapshot {
+    message => "message",
+    ack => "ack",
+    error => "error",
+    ping => "ping",
+    pong => "pong",
+    welcome => "welcome",
+});
+
+counter_group!(Connections, ConnectionsSnapshot {
+    opened => "opened",
+    closed => "closed",
+    rejected => "rejected",
+    slow_consumer => "slowConsumer",
+    heartbeat_timeout => "heartbeatTimeout",
+    message_too_big => "messageTooBig",
+    too_many_errors => "tooManyErrors",
+});
+
+pub(crate) struct Stats {
+    started: Instant,
+    started_at_ms: u64,
+    pub(crate) messages_in: MessagesIn,
+    pub(crate) messages_out: MessagesOut,
+    pub(crate) connections: Connections,
+    pub(crate) retries_replayed: AtomicU64,
+    errors: Vec<AtomicU64>,
+}
+
+impl Stats {
+    pub(crate) fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            started_at_ms: now_ms(),
+            messages_in: MessagesIn::default(),
+            messages_out: MessagesOut::default(),
+            connections: Connections::default(),
+            retries_replayed: AtomicU64::new(0),
+            errors: ErrorCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub(crate) fn error(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.messages_out.error.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(
+        &self,
+        node: &str,
+        engine: &str,
+        auth: &str,
+        counts: Counts,
+    ) -> StatsSnapshot {
+        StatsSnapshot {
+            node: node.to_owned(),
+            engine: engine.to_owned(),
+            auth: auth.to_owned(),
+            started_at: self.started_at_ms,
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            users: counts.users,
+            clients: counts.clients,
+            messages_in: self.messages_in.snapshot(),
+            messages_out: self.messages_out.snapshot(),
+            errors: ErrorCode::ALL
+                .iter()
+                .zip(&self.errors)
+                .map(|(code, n)| (code.name().to_owned(), n.load(Ordering::Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            connections: self.connections.snapshot(),
+            retries_replayed: self.retries_replayed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What `stats()` returns and `GET /stats` serves.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsSnapshot {
+    pub node: String,
+    pub engine: String,
+    pub auth: String,
+    /// Milliseconds since the Unix epoch.
+    pub started_at: u64,
+    pub uptime_seconds: f64,
+    /// Users with at least one connected client.
+    pub users: usize,
+    /// Connected clients.
+    pub clients: usize,
+    /// Frames received, by kind.
+    pub messages_in: MessagesInSnapshot,
+    /// Frames queued for clients, by kind (`message` counts each recipient).
+    pub messages_out: MessagesOutSnapshot,
+    /// Error frames sent, by error name (only those that occurred).
+    pub errors: BTreeMap<String, u64>,
+    pub connections: ConnectionsSnapshot,
+    /// Retries answered from the retry window instead of being processed again.
+    pub retries_replayed: u64,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
