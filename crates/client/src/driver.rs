@@ -407,6 +407,18 @@ fn on_text(shared: &Shared, text: &str) -> bool {
             }
             false
         }
+        Ok(ServerFrame::Event(event)) => {
+            dispatch(
+                &shared.registry,
+                &Incoming {
+                    action: event.action,
+                    id: None,
+                    via: None,
+                    from: None,
+                },
+            );
+            false
+        }
         Ok(ServerFrame::Ping) => true,
         Ok(ServerFrame::Pong(_) | ServerFrame::Welcome(_) | ServerFrame::Unknown) => false,
         Err(e) => {

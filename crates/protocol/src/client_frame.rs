@@ -11,13 +11,20 @@ use serde_json::value::RawValue;
 
 use crate::action::{ActionError, ActionRef};
 use crate::codes::ErrorCode;
-use crate::ids::{MessageId, UserId};
+use crate::ids::{MessageId, Topic, UserId};
 
 /// Names of the client frame kinds.
 pub mod kind {
     pub const BROADCAST: &str = "broadcast";
     pub const SEND_TO_USER: &str = "sendToUser";
     pub const SEND_TO_SERVER: &str = "sendToServer";
+    pub const PUBLISH: &str = "publish";
+    pub const JOIN: &str = "join";
+    pub const LEAVE: &str = "leave";
+    pub const ACTIVITY: &str = "activity";
+    pub const PRESENCE: &str = "presence";
+    pub const WATCH: &str = "watch";
+    pub const UNWATCH: &str = "unwatch";
     pub const PING: &str = "ping";
     pub const PONG: &str = "pong";
 }
@@ -27,6 +34,8 @@ pub mod kind {
 pub enum ClientFrame<'a> {
     /// A request: settles with exactly one `ack` or `error` carrying its id.
     Request(Request<'a>),
+    /// This client became active (visible, in use) or idle. Acked only with an id.
+    Activity { id: Option<MessageId>, active: bool },
     /// The client checks the connection; the server answers `pong` with the same id.
     Ping { id: Option<MessageId> },
     /// The client answers the server's heartbeat `ping`.
@@ -52,6 +61,23 @@ pub enum Request<'a> {
         id: MessageId,
         action: ActionRef<'a>,
     },
+    /// Deliver `action` to every client joined to `topic` (the sender only if `echo`).
+    Publish {
+        id: MessageId,
+        topic: Topic,
+        action: ActionRef<'a>,
+        echo: bool,
+    },
+    /// Join a topic.
+    Join { id: MessageId, topic: Topic },
+    /// Leave a topic.
+    Leave { id: MessageId, topic: Topic },
+    /// Answer with the presence of each user.
+    Presence { id: MessageId, users: Vec<UserId> },
+    /// Answer with the presence of each user and send their changes from now on.
+    Watch { id: MessageId, users: Vec<UserId> },
+    /// Stop sending these users' changes.
+    Unwatch { id: MessageId, users: Vec<UserId> },
 }
 
 impl Request<'_> {
@@ -59,7 +85,13 @@ impl Request<'_> {
         match self {
             Request::Broadcast { id, .. }
             | Request::SendToUser { id, .. }
-            | Request::SendToServer { id, .. } => id,
+            | Request::SendToServer { id, .. }
+            | Request::Publish { id, .. }
+            | Request::Join { id, .. }
+            | Request::Leave { id, .. }
+            | Request::Presence { id, .. }
+            | Request::Watch { id, .. }
+            | Request::Unwatch { id, .. } => id,
         }
     }
 
@@ -68,6 +100,12 @@ impl Request<'_> {
             Request::Broadcast { .. } => RequestKind::Broadcast,
             Request::SendToUser { .. } => RequestKind::SendToUser,
             Request::SendToServer { .. } => RequestKind::SendToServer,
+            Request::Publish { .. } => RequestKind::Publish,
+            Request::Join { .. } => RequestKind::Join,
+            Request::Leave { .. } => RequestKind::Leave,
+            Request::Presence { .. } => RequestKind::Presence,
+            Request::Watch { .. } => RequestKind::Watch,
+            Request::Unwatch { .. } => RequestKind::Unwatch,
         }
     }
 }
@@ -77,7 +115,7 @@ impl ClientFrame<'_> {
     pub fn id(&self) -> Option<&MessageId> {
         match self {
             ClientFrame::Request(r) => Some(r.id()),
-            ClientFrame::Ping { id } => id.as_ref(),
+            ClientFrame::Ping { id } | ClientFrame::Activity { id, .. } => id.as_ref(),
             ClientFrame::Pong => None,
         }
     }
@@ -85,6 +123,7 @@ impl ClientFrame<'_> {
     pub fn kind(&self) -> &'static str {
         match self {
             ClientFrame::Request(r) => r.kind().as_str(),
+            ClientFrame::Activity { .. } => kind::ACTIVITY,
             ClientFrame::Ping { .. } => kind::PING,
             ClientFrame::Pong => kind::PONG,
         }
@@ -94,13 +133,17 @@ impl ClientFrame<'_> {
 /// Limits applied while decoding.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeLimits {
+    /// Most distinct users in `sendToUser.to`.
     pub max_recipients: usize,
+    /// Most distinct users in `presence`, `watch` and `unwatch`.
+    pub max_users_per_request: usize,
 }
 
 impl Default for DecodeLimits {
     fn default() -> Self {
         Self {
             max_recipients: crate::limits::DEFAULT_MAX_RECIPIENTS,
+            max_users_per_request: crate::limits::DEFAULT_MAX_USERS_PER_REQUEST,
         }
     }
 }
@@ -135,6 +178,14 @@ struct Envelope<'a> {
     to: Option<&'a RawValue>,
     #[serde(borrow)]
     action: Option<&'a RawValue>,
+    #[serde(borrow)]
+    topic: Option<&'a RawValue>,
+    #[serde(borrow)]
+    users: Option<&'a RawValue>,
+    #[serde(borrow)]
+    echo: Option<&'a RawValue>,
+    #[serde(borrow)]
+    active: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -233,6 +284,43 @@ pub fn decode_client_frame<'a>(
             let action = need_action(&id)?;
             Ok(ClientFrame::Request(Request::SendToServer { id, action }))
         }
+        kind::PUBLISH => {
+            let id = need_id(id)?;
+            let topic = decode_topic(env.topic, &id)?;
+            let echo = decode_bool(env.echo, "echo", Some(&id))?.unwrap_or(false);
+            let action = need_action(&id)?;
+            Ok(ClientFrame::Request(Request::Publish {
+                id,
+                topic,
+                action,
+                echo,
+            }))
+        }
+        kind::JOIN => {
+            let id = need_id(id)?;
+            let topic = decode_topic(env.topic, &id)?;
+            Ok(ClientFrame::Request(Request::Join { id, topic }))
+        }
+        kind::LEAVE => {
+            let id = need_id(id)?;
+            let topic = decode_topic(env.topic, &id)?;
+            Ok(ClientFrame::Request(Request::Leave { id, topic }))
+        }
+        kind::PRESENCE | kind::WATCH | kind::UNWATCH => {
+            let id = need_id(id)?;
+            let users = decode_users(env.users, "users", &id, limits.max_users_per_request)?;
+            Ok(ClientFrame::Request(match &*kind {
+                kind::PRESENCE => Request::Presence { id, users },
+                kind::WATCH => Request::Watch { id, users },
+                _ => Request::Unwatch { id, users },
+            }))
+        }
+        kind::ACTIVITY => {
+            let active = decode_bool(env.active, "active", id.as_ref())?.ok_or_else(|| {
+                FrameError::new(ErrorCode::InvalidField, "missing `active`", id.clone())
+            })?;
+            Ok(ClientFrame::Activity { id, active })
+        }
         kind::PING => Ok(ClientFrame::Ping { id }),
         kind::PONG => Ok(ClientFrame::Pong),
         other => Err(FrameError::new(
@@ -248,20 +336,63 @@ fn decode_recipients(
     id: &MessageId,
     limits: &DecodeLimits,
 ) -> Result<Vec<UserId>, FrameError> {
+    decode_users(raw, "to", id, limits.max_recipients)
+}
+
+fn decode_topic(raw: Option<&RawValue>, id: &MessageId) -> Result<Topic, FrameError> {
+    let raw = raw.ok_or_else(|| {
+        FrameError::new(ErrorCode::InvalidTopic, "missing `topic`", Some(id.clone()))
+    })?;
+    let name: std::borrow::Cow<'_, str> = serde_json::from_str(raw.get()).map_err(|_| {
+        FrameError::new(
+            ErrorCode::InvalidTopic,
+            "`topic` must be a string",
+            Some(id.clone()),
+        )
+    })?;
+    Topic::new(&*name)
+        .map_err(|e| FrameError::new(ErrorCode::InvalidTopic, e.to_string(), Some(id.clone())))
+}
+
+fn decode_bool(
+    raw: Option<&RawValue>,
+    field: &str,
+    id: Option<&MessageId>,
+) -> Result<Option<bool>, FrameError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str::<bool>(raw.get())
+            .map(Some)
+            .map_err(|_| {
+                FrameError::new(
+                    ErrorCode::InvalidField,
+                    format!("`{field}` must be true or false"),
+                    id.cloned(),
+                )
+            }),
+    }
+}
+
+fn decode_users(
+    raw: Option<&RawValue>,
+    field: &str,
+    id: &MessageId,
+    max: usize,
+) -> Result<Vec<UserId>, FrameError> {
     let invalid = |msg: String| FrameError::new(ErrorCode::InvalidField, msg, Some(id.clone()));
-    let raw = raw.ok_or_else(|| invalid("missing `to`".into()))?;
+    let raw = raw.ok_or_else(|| invalid(format!("missing `{field}`")))?;
     let list = match serde_json::from_str::<OneOrMany>(raw.get()) {
         Ok(OneOrMany::One(user)) => vec![user],
         Ok(OneOrMany::Many(list)) => list,
         Err(_) => {
             return Err(invalid(format!(
-                "`to` must be a user id (string or integer, 1 to {} bytes) or a list of them",
+                "`{field}` must be a user id (string or integer, 1 to {} bytes) or a list of them",
                 crate::ids::MAX_ID_BYTES
             )));
         }
     };
     if list.is_empty() {
-        return Err(invalid("`to` must name at least one user".into()));
+        return Err(invalid(format!("`{field}` must name at least one user")));
     }
     let mut unique: Vec<UserId> = Vec::with_capacity(list.len());
     for user in list {
@@ -269,14 +400,10 @@ fn decode_recipients(
             unique.push(user);
         }
     }
-    if unique.len() > limits.max_recipients {
+    if unique.len() > max {
         return Err(FrameError::new(
             ErrorCode::TooManyRecipients,
-            format!(
-                "`to` names {} users; the limit is {}",
-                unique.len(),
-                limits.max_recipients
-            ),
+            format!("`{field}` names {} users; the limit is {max}", unique.len()),
             Some(id.clone()),
         ));
     }
@@ -300,6 +427,12 @@ pub enum RequestKind {
     Broadcast,
     SendToUser,
     SendToServer,
+    Publish,
+    Join,
+    Leave,
+    Presence,
+    Watch,
+    Unwatch,
 }
 
 impl RequestKind {
@@ -308,34 +441,70 @@ impl RequestKind {
             RequestKind::Broadcast => kind::BROADCAST,
             RequestKind::SendToUser => kind::SEND_TO_USER,
             RequestKind::SendToServer => kind::SEND_TO_SERVER,
+            RequestKind::Publish => kind::PUBLISH,
+            RequestKind::Join => kind::JOIN,
+            RequestKind::Leave => kind::LEAVE,
+            RequestKind::Presence => kind::PRESENCE,
+            RequestKind::Watch => kind::WATCH,
+            RequestKind::Unwatch => kind::UNWATCH,
         }
+    }
+
+    /// Whether retries of this kind are answered from the retry window
+    /// (the others are idempotent or read-only and simply run again).
+    pub fn uses_retry_window(self) -> bool {
+        matches!(
+            self,
+            RequestKind::Broadcast
+                | RequestKind::SendToUser
+                | RequestKind::SendToServer
+                | RequestKind::Publish
+        )
     }
 }
 
-#[derive(Serialize)]
-struct OutgoingRequest<'a> {
-    kind: &'static str,
-    id: &'a MessageId,
+/// Any client frame, for encoding (client side). Unset fields are omitted.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct OutgoingFrame<'a> {
+    pub kind: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    to: Option<&'a [UserId]>,
-    action: &'a RawValue,
+    pub id: Option<&'a MessageId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<&'a [UserId]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<&'a Topic>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<&'a [UserId]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub echo: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'a RawValue>,
 }
 
-/// Encodes a request frame (client side).
+impl OutgoingFrame<'_> {
+    pub fn encode(&self) -> String {
+        // Borrowed strings, booleans and RawValues always serialise.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Encodes a request that carries an action (client side).
 pub fn encode_request(
     kind: RequestKind,
     id: &MessageId,
     to: Option<&[UserId]>,
     action: &RawValue,
 ) -> String {
-    let frame = OutgoingRequest {
+    OutgoingFrame {
         kind: kind.as_str(),
-        id,
+        id: Some(id),
         to,
-        action,
-    };
-    // Serialising borrowed strings and a RawValue cannot fail.
-    serde_json::to_string(&frame).unwrap_or_default()
+        action: Some(action),
+        ..OutgoingFrame::default()
+    }
+    .encode()
 }
 
 /// The client's answer to a heartbeat `ping`.
@@ -361,7 +530,45 @@ mod tests {
     use super::*;
 
     fn limits() -> DecodeLimits {
-        DecodeLimits { max_recipients: 3 }
+        DecodeLimits {
+            max_recipients: 3,
+            max_users_per_request: 5,
+        }
+    }
+
+    #[test]
+    fn decodes_topic_and_presence_requests() {
+        let f = decode_client_frame(
+            r#"{"kind":"publish","id":"p","topic":"room:1","action":{"type":"X"},"echo":true}"#,
+            &limits(),
+        )
+        .unwrap();
+        assert!(matches!(
+            f,
+            ClientFrame::Request(Request::Publish { echo: true, .. })
+        ));
+        let e = decode_client_frame(r#"{"kind":"join","id":"j","topic":"bad topic"}"#, &limits())
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidTopic);
+        let f =
+            decode_client_frame(r#"{"kind":"watch","id":"w","users":["a",1]}"#, &limits()).unwrap();
+        assert!(
+            matches!(f, ClientFrame::Request(Request::Watch { users, .. }) if users.len() == 2)
+        );
+        let f = decode_client_frame(r#"{"kind":"activity","active":false}"#, &limits()).unwrap();
+        assert!(matches!(
+            f,
+            ClientFrame::Activity {
+                id: None,
+                active: false
+            }
+        ));
+        let e = decode_client_frame(r#"{"kind":"activity","id":"a","active":"no"}"#, &limits())
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.id.unwrap().as_str()),
+            (ErrorCode::InvalidField, "a")
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Numbered error codes (carried in `error` frames) and WebSocket close codes.
 //!
-//! The tables in docs/protocol.md are generated from nothing: keep them and
-//! these definitions in step (the vectors test checks every code appears there).
+//! docs/protocol.md repeats these tables word for word; the vectors test fails
+//! when the two drift apart.
 
 use std::fmt;
 
@@ -63,6 +63,12 @@ error_codes! {
         "The connection sent more requests per second than allowed; retry later.";
     Forbidden = 1100, "forbidden", retryable = false,
         "A server policy does not allow this request.";
+    TooManyWatches = 1200, "too_many_watches", retryable = false,
+        "`watch` would make this connection watch more users than `maxWatchedUsers`.";
+    InvalidTopic = 1300, "invalid_topic", retryable = false,
+        "The topic name is empty, too long or uses characters outside the allowed set.";
+    TooManyTopics = 1301, "too_many_topics", retryable = false,
+        "`join` would put this connection in more topics than `maxTopics`.";
     NoHandler = 2000, "no_handler", retryable = false,
         "`sendToServer` reached a server with no handler configured.";
     HandlerError = 2001, "handler_error", retryable = false,
@@ -142,7 +148,7 @@ close_codes! {
     SERVICE_RESTART = 1012, "service_restart", Reconnect,
         "The server is shutting down or restarting (graceful shutdown).";
     TRY_AGAIN_LATER = 1013, "try_again_later", Reconnect,
-        "The server is at its connection limit.";
+        "The server is at its connection limit, or authentication timed out.";
     BAD_REQUEST = 4400, "bad_request", Stop,
         "The handshake lacked what the auth mode needs (for example `userId` in dev mode) or was invalid.";
     UNAUTHORIZED = 4401, "unauthorized", Stop,

@@ -130,6 +130,73 @@ id_type!(
     accepts_integers = false
 );
 
+/// Longest topic name, in bytes.
+pub const MAX_TOPIC_BYTES: usize = 200;
+
+/// A topic name: 1–200 bytes of `A–Z a–z 0–9 _ - : . / @ =`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic(Arc<str>);
+
+/// Why a topic name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic names must be 1 to {MAX_TOPIC_BYTES} bytes")]
+    Length,
+    #[error("topic names may only use A-Z a-z 0-9 _ - : . / @ =")]
+    Charset,
+}
+
+impl Topic {
+    pub fn new(name: impl AsRef<str>) -> Result<Self, TopicError> {
+        let name = name.as_ref();
+        if name.is_empty() || name.len() > MAX_TOPIC_BYTES {
+            return Err(TopicError::Length);
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-:./@=".contains(&b))
+        {
+            return Err(TopicError::Charset);
+        }
+        Ok(Self(Arc::from(name)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for Topic {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Topic {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Topic::new(&*name).map_err(de::Error::custom)
+    }
+}
+
 impl UserId {
     /// The user id for an integer, as the original package allowed.
     pub fn from_integer(value: i64) -> Self {
@@ -181,6 +248,16 @@ impl Visitor<'_> for IdVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_names_follow_the_charset() {
+        assert!(Topic::new("product:1234").is_ok());
+        assert!(Topic::new("a/b.c@d=e_f-g").is_ok());
+        assert_eq!(Topic::new(""), Err(TopicError::Length));
+        assert_eq!(Topic::new("x".repeat(201)), Err(TopicError::Length));
+        assert_eq!(Topic::new("room 1"), Err(TopicError::Charset));
+        assert_eq!(Topic::new("café"), Err(TopicError::Charset));
+    }
 
     #[test]
     fn integers_become_decimal_user_ids() {

@@ -5,6 +5,7 @@
 //! - [`client_frame`]: frames from clients — decoded by the server, encoded by clients.
 //! - [`server_frame`]: frames from the server — encoded by the server, decoded by clients.
 //! - [`codes`]: numbered error codes and WebSocket close codes with their advice.
+//! - [`presence`]: the presence model and system event types.
 //! - [`limits`]: default limits.
 
 pub mod action;
@@ -12,16 +13,18 @@ pub mod client_frame;
 pub mod codes;
 pub mod ids;
 pub mod limits;
+pub mod presence;
 pub mod server_frame;
 
 pub use action::{Action, ActionError, ActionRef, RESERVED_PREFIX};
 pub use client_frame::{
-    ClientFrame, DecodeLimits, FrameError, Request, RequestKind, decode_client_frame,
+    ClientFrame, DecodeLimits, FrameError, OutgoingFrame, Request, RequestKind, decode_client_frame,
 };
 pub use codes::{CloseAdvice, ErrorCode, close, close_advice};
-pub use ids::{ClientId, IdError, MessageId, UserId};
+pub use ids::{ClientId, IdError, MessageId, Topic, TopicError, UserId};
+pub use presence::{Presence, UserStatus, events};
 pub use server_frame::{
-    Delivery, ErrorFrame, Limits, PROTOCOL_VERSION, Sender, ServerFrame, Via, Welcome,
+    Delivery, ErrorFrame, EventFrame, Limits, PROTOCOL_VERSION, Sender, ServerFrame, Via, Welcome,
     decode_server_frame,
 };
 

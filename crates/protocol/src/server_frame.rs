@@ -6,7 +6,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::codes::ErrorCode;
-use crate::ids::{ClientId, MessageId, UserId};
+use crate::ids::{ClientId, MessageId, Topic, UserId};
+use crate::presence::Presence;
 
 /// Names of the server frame kinds.
 pub mod kind {
@@ -14,6 +15,7 @@ pub mod kind {
     pub const MESSAGE: &str = "message";
     pub const ACK: &str = "ack";
     pub const ERROR: &str = "error";
+    pub const EVENT: &str = "event";
     pub const PING: &str = "ping";
     pub const PONG: &str = "pong";
 }
@@ -51,6 +53,9 @@ pub struct Welcome {
     /// Silence from the client for `heartbeatMs + heartbeatTimeoutMs` closes the connection.
     pub heartbeat_timeout_ms: u64,
     pub limits: Limits,
+    /// The user's presence, this connection included (servers that track presence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<Presence>,
 }
 
 /// Who sent a delivered message. Stamped by the server; clients cannot forge it.
@@ -70,6 +75,8 @@ pub enum Via {
     User,
     /// The server (a handler or the embedding application) sent it.
     Server,
+    /// Someone published it to a topic this client joined.
+    Topic,
     /// A kind added by a newer server; clients deliver it like any other.
     #[serde(other)]
     Other,
@@ -84,6 +91,8 @@ struct MessageOut<'a> {
     via: Via,
     #[serde(skip_serializing_if = "Option::is_none")]
     from: Option<&'a Sender>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a Topic>,
     action: &'a RawValue,
 }
 
@@ -94,12 +103,38 @@ pub fn encode_message(
     from: Option<&Sender>,
     action: &RawValue,
 ) -> String {
+    encode_topic_message(id, via, from, None, action)
+}
+
+/// Encodes a delivered action that may name the topic it was published to.
+pub fn encode_topic_message(
+    id: &MessageId,
+    via: Via,
+    from: Option<&Sender>,
+    topic: Option<&Topic>,
+    action: &RawValue,
+) -> String {
     to_json(&MessageOut {
         kind: kind::MESSAGE,
         id,
         via,
         from,
+        topic,
         action,
+    })
+}
+
+/// Encodes a system event; `event` must serialise to an object whose `type`
+/// starts with `@pubsub/`.
+pub fn encode_event<T: Serialize + ?Sized>(event: &T) -> String {
+    #[derive(Serialize)]
+    struct EventOut<'a, T: ?Sized> {
+        kind: &'static str,
+        action: &'a T,
+    }
+    to_json(&EventOut {
+        kind: kind::EVENT,
+        action: event,
     })
 }
 
@@ -215,6 +250,15 @@ pub struct Delivery {
     /// Absent when the server itself sent the action.
     #[serde(default)]
     pub from: Option<Sender>,
+    /// With `via: topic`, the topic it was published to.
+    #[serde(default)]
+    pub topic: Option<Topic>,
+    pub action: Value,
+}
+
+/// A system event (`action.type` starts with `@pubsub/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventFrame {
     pub action: Value,
 }
 
@@ -252,6 +296,7 @@ pub enum ServerFrame {
     Message(Delivery),
     Ack(AckFrame),
     Error(ErrorFrame),
+    Event(EventFrame),
     Ping,
     Pong(PongFrame),
     #[serde(other)]
@@ -269,7 +314,14 @@ pub fn encode_server_frame(frame: &ServerFrame) -> Option<String> {
     let raw = |v: &Value| serde_json::value::to_raw_value(v).ok();
     Some(match frame {
         ServerFrame::Welcome(w) => encode_welcome(w),
-        ServerFrame::Message(d) => encode_message(&d.id, d.via, d.from.as_ref(), &raw(&d.action)?),
+        ServerFrame::Message(d) => encode_topic_message(
+            &d.id,
+            d.via,
+            d.from.as_ref(),
+            d.topic.as_ref(),
+            &raw(&d.action)?,
+        ),
+        ServerFrame::Event(e) => encode_event(&e.action),
         ServerFrame::Ack(a) => encode_ack(&a.id, &raw(&a.result)?),
         ServerFrame::Error(e) => {
             let data = match &e.data {

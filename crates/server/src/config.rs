@@ -15,6 +15,15 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Most distinct users in one `sendToUser`.
     pub max_recipients: usize,
+    /// Most distinct users in one `presence`, `watch` or `unwatch`.
+    pub max_users_per_request: usize,
+    /// Most users one connection may watch.
+    pub max_watched_users: usize,
+    /// Most topics one connection may join.
+    pub max_topics: usize,
+    /// Time a user keeps their status after their last client disconnects,
+    /// so a reload does not flap OFFLINE/ONLINE.
+    pub presence_grace_ms: u64,
     /// Bytes queued for one connection before it is closed as a slow consumer (4507).
     pub max_outbound_bytes: usize,
     /// Requests per second per connection; 0 disables the limit.
@@ -52,6 +61,10 @@ impl Default for ServerConfig {
             path: pubsub_protocol::DEFAULT_PATH.to_owned(),
             max_message_bytes: defaults::DEFAULT_MAX_MESSAGE_BYTES,
             max_recipients: defaults::DEFAULT_MAX_RECIPIENTS,
+            max_users_per_request: defaults::DEFAULT_MAX_USERS_PER_REQUEST,
+            max_watched_users: defaults::DEFAULT_MAX_WATCHED_USERS,
+            max_topics: defaults::DEFAULT_MAX_TOPICS,
+            presence_grace_ms: defaults::DEFAULT_PRESENCE_GRACE_MS,
             max_outbound_bytes: 1024 * 1024,
             max_requests_per_sec: defaults::DEFAULT_MAX_REQUESTS_PER_SEC,
             max_invalid_frames_per_min: 20,
@@ -90,6 +103,9 @@ impl ServerConfig {
         }
         if self.max_recipients == 0 {
             return fail("max_recipients", "must be at least 1");
+        }
+        if self.max_users_per_request == 0 {
+            return fail("max_users_per_request", "must be at least 1");
         }
         if self.max_outbound_bytes < self.max_message_bytes {
             return fail("max_outbound_bytes", "must be at least max_message_bytes");
@@ -135,6 +151,9 @@ impl ServerConfig {
     }
     pub fn retry_window(&self) -> Duration {
         Duration::from_millis(self.retry_window_ms)
+    }
+    pub fn presence_grace(&self) -> Duration {
+        Duration::from_millis(self.presence_grace_ms)
     }
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)

@@ -157,6 +157,7 @@ where
         heartbeat_ms: config.heartbeat_interval_ms,
         heartbeat_timeout_ms: config.heartbeat_timeout_ms,
         limits: config.wire_limits(),
+        presence: None,
     })));
     hub.stats
         .messages_out
@@ -275,6 +276,7 @@ async fn on_text(
         Err(e) => return on_invalid(hub, outbox, limits, e.id.as_ref(), e.code, &e.message),
     };
     match frame {
+        ClientFrame::Activity { .. } => {}
         ClientFrame::Pong => {
             hub.stats.messages_in.pong.fetch_add(1, Ordering::Relaxed);
         }

@@ -60,6 +60,7 @@ impl Hub {
         Self {
             decode_limits: DecodeLimits {
                 max_recipients: parts.config.max_recipients,
+                max_users_per_request: parts.config.max_users_per_request,
             },
             config: parts.config,
             node: parts.node,

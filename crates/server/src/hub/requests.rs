@@ -70,6 +70,13 @@ impl Hub {
             Request::Broadcast { .. } => &counters.broadcast,
             Request::SendToUser { .. } => &counters.send_to_user,
             Request::SendToServer { .. } => &counters.send_to_server,
+            other => {
+                return Answer::Now(self.error_frame(
+                    Some(other.id()),
+                    ErrorCode::UnknownKind,
+                    "not supported by this server yet",
+                ));
+            }
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let id = request.id();
@@ -107,6 +114,7 @@ impl Hub {
                 Answer::Now(self.settle(ticket, &id, outcome))
             }
             Request::SendToServer { id, action } => self.call_handler(ticket, client, id, &action),
+            _ => Answer::Now(self.error_frame(None, ErrorCode::UnknownKind, "not supported")),
         }
     }
 
