@@ -51,6 +51,9 @@ enum Command {
         /// Log filter [default: info].
         #[arg(long)]
         log: Option<String>,
+        /// Serve a directory over HTTP: --static /demo=clients/js/demo (repeatable).
+        #[arg(long = "static", value_name = "PREFIX=DIR", value_parser = parse_static)]
+        static_dirs: Vec<(String, PathBuf)>,
     },
     /// Connect as a user and print every action received, one JSON line each.
     Listen {
@@ -69,6 +72,16 @@ enum Command {
         /// The action, a JSON object with a string "type".
         action: String,
     },
+}
+
+fn parse_static(value: &str) -> Result<(String, PathBuf), String> {
+    let (prefix, dir) = value
+        .split_once('=')
+        .ok_or_else(|| "expected PREFIX=DIR, for example /demo=clients/js/demo".to_owned())?;
+    if !prefix.starts_with('/') || prefix.len() < 2 {
+        return Err("the prefix must start with '/' and name a path, for example /demo".into());
+    }
+    Ok((prefix.to_owned(), PathBuf::from(dir)))
 }
 
 fn main() -> ExitCode {
@@ -93,6 +106,7 @@ fn main() -> ExitCode {
                 handler,
                 node_id,
                 log,
+                static_dirs,
             } => {
                 let overrides = Overrides {
                     bind,
@@ -101,6 +115,8 @@ fn main() -> ExitCode {
                     handler,
                     node_id,
                     log,
+                    static_dirs: (!static_dirs.is_empty())
+                        .then(|| static_dirs.into_iter().collect()),
                 };
                 serve::run(config.as_deref(), &overrides).await
             }

@@ -36,7 +36,17 @@ pub async fn run(config: Option<&Path>, overrides: &Overrides) -> anyhow::Result
             |_ctx, action| async move { Ok(action.to_value()) },
         ));
     }
-    let server = builder.build()?;
+    let mut routes = pubsub_server::axum::Router::new();
+    for (prefix, dir) in &settings.static_dirs {
+        if !dir.is_dir() {
+            bail!(
+                "static directory {} (for {prefix}) does not exist",
+                dir.display()
+            );
+        }
+        routes = routes.nest_service(prefix, tower_http::services::ServeDir::new(dir));
+    }
+    let server = builder.routes(routes).build()?;
     let addr = SocketAddr::new(settings.bind, settings.port);
     let running = server
         .bind(addr)

@@ -42,6 +42,10 @@ pub struct Settings {
     pub node_id: Option<String>,
     /// `tracing` filter, e.g. `info` or `pubsub_server=debug`.
     pub log: String,
+    /// Directories served over HTTP next to the WebSocket endpoint, as
+    /// `"/prefix" = "directory"` (for the demo page and browser tests).
+    #[serde(rename = "static")]
+    pub static_dirs: std::collections::BTreeMap<String, std::path::PathBuf>,
     pub server: ServerConfig,
 }
 
@@ -54,6 +58,7 @@ impl Default for Settings {
             handler: BuiltinHandler::None,
             node_id: None,
             log: "info".to_owned(),
+            static_dirs: Default::default(),
             server: ServerConfig::default(),
         }
     }
@@ -74,6 +79,8 @@ pub struct Overrides {
     pub node_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    #[serde(rename = "static", skip_serializing_if = "Option::is_none")]
+    pub static_dirs: Option<std::collections::BTreeMap<String, std::path::PathBuf>>,
 }
 
 pub const DEFAULT_FILE: &str = "pubsub.toml";

@@ -308,13 +308,21 @@ impl Client {
             ));
         }
         let (tx, rx) = oneshot::channel();
-        shared.pending.lock().insert(request.id.clone(), tx);
+        shared
+            .pending
+            .lock()
+            .entry(request.id.clone())
+            .or_default()
+            .push(tx);
         let command = Command::Send {
             id: request.id.clone(),
             text: request.encode(),
         };
         if self.inner.commands.send(command).is_err() {
-            shared.pending.lock().remove(&request.id);
+            shared.settle(
+                &request.id,
+                Settled::Local(ErrorCode::ClientClosed, "the client is closed"),
+            );
             return Err(SendError::local(
                 ErrorCode::ClientClosed,
                 "the client is closed",
@@ -334,11 +342,11 @@ impl Client {
             Ok(Ok(Settled::Local(code, message))) => Err(SendError::local(code, message, request)),
             Ok(Err(_)) => Err(SendError::local(
                 ErrorCode::Disconnected,
-                "superseded by a retry with the same id",
+                "the client stopped before the request settled",
                 request,
             )),
             Err(_) => {
-                shared.pending.lock().remove(&request.id);
+                shared.forget_abandoned(&request.id);
                 Err(SendError::local(
                     ErrorCode::RequestTimeout,
                     "no answer within the request timeout",

@@ -35,6 +35,7 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub const STATUS_CHANGE: &str = "@pubsub/STATUS_CHANGE";
 
 /// How a request settled.
+#[derive(Clone)]
 pub(crate) enum Settled {
     Ack(Value),
     Error(ErrorFrame),
@@ -51,7 +52,9 @@ pub(crate) struct Shared {
     pub(crate) config: ClientConfig,
     pub(crate) url: url::Url,
     pub(crate) registry: SharedRegistry,
-    pub(crate) pending: Mutex<HashMap<MessageId, oneshot::Sender<Settled>>>,
+    /// Callers waiting per message id (several when a request is retried
+    /// while its first attempt is still pending; all get the same outcome).
+    pub(crate) pending: Mutex<HashMap<MessageId, Vec<oneshot::Sender<Settled>>>>,
     pub(crate) status: watch::Sender<Status>,
     pub(crate) session: Mutex<Option<Welcome>>,
     pub(crate) last_close: Mutex<Option<(u16, String)>>,
@@ -59,14 +62,26 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn settle(&self, id: &MessageId, settled: Settled) {
-        if let Some(tx) = self.pending.lock().remove(id) {
-            let _ = tx.send(settled);
+        let waiters = self.pending.lock().remove(id).unwrap_or_default();
+        for tx in waiters {
+            let _ = tx.send(settled.clone());
+        }
+    }
+
+    /// Forgets waiters that gave up (timed out), so the map cannot grow.
+    pub(crate) fn forget_abandoned(&self, id: &MessageId) {
+        let mut pending = self.pending.lock();
+        if let Some(waiters) = pending.get_mut(id) {
+            waiters.retain(|tx| !tx.is_closed());
+            if waiters.is_empty() {
+                pending.remove(id);
+            }
         }
     }
 
     fn fail_all(&self, code: ErrorCode, message: &'static str) {
         let pending = std::mem::take(&mut *self.pending.lock());
-        for (_, tx) in pending {
+        for tx in pending.into_values().flatten() {
             let _ = tx.send(Settled::Local(code, message));
         }
     }

@@ -38,6 +38,9 @@ pub(crate) struct Hub {
     pub(crate) tasks: TaskTracker,
     pub(crate) decode_limits: DecodeLimits,
     pub(crate) open_connections: AtomicUsize,
+    /// Random per process start, so a restarted node with a fixed node id
+    /// never hands out a client id a client saw before the restart.
+    boot: String,
     next_client: AtomicU64,
     next_message: AtomicU64,
 }
@@ -73,21 +76,27 @@ impl Hub {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             open_connections: AtomicUsize::new(0),
+            boot: (0..4)
+                .map(|_| char::from_digit(fastrand::u32(..36), 36).unwrap_or('0'))
+                .collect(),
             next_client: AtomicU64::new(1),
             next_message: AtomicU64::new(1),
         }
     }
 
-    /// A client id unique across the cluster: node id plus a local sequence.
+    /// A client id unique across the cluster and across restarts: node id,
+    /// boot tag, local sequence.
     pub(crate) fn next_client_id(&self) -> ClientId {
         let n = self.next_client.fetch_add(1, Ordering::Relaxed);
-        ClientId::new(format!("{}-{n}", self.node)).unwrap_or_else(|_| unreachable_id())
+        ClientId::new(format!("{}-{}{n}", self.node, self.boot))
+            .unwrap_or_else(|_| unreachable_id())
     }
 
     /// Id for a message the server itself sends.
     pub(crate) fn next_server_message_id(&self) -> MessageId {
         let n = self.next_message.fetch_add(1, Ordering::Relaxed);
-        MessageId::new(format!("srv-{}-{n}", self.node)).unwrap_or_else(|_| unreachable_id())
+        MessageId::new(format!("srv-{}-{}{n}", self.node, self.boot))
+            .unwrap_or_else(|_| unreachable_id())
     }
 
     /// Builds an `error` frame and counts it.
