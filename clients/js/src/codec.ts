@@ -1,0 +1,94 @@
+// Wire format of protocol v1 (docs/protocol.md section 2): one JSON object per text message.
+import type { Action, ErrorInfo, Meta, Presence, UserId } from './types';
+
+export const SUBPROTOCOL = 'pubsub.v1.json';
+/** Types with this prefix are system events; the server refuses them in requests. */
+export const SYSTEM_PREFIX = '@pubsub/';
+
+export type ClientFrame =
+  | { kind: 'broadcast'; id: string; action: Action }
+  | { kind: 'sendToUser'; id: string; to: UserId | UserId[]; action: Action }
+  | { kind: 'sendToServer'; id: string; action: Action }
+  | { kind: 'publish'; id: string; topic: string; action: Action; echo: boolean }
+  | { kind: 'join' | 'leave'; id: string; topic: string }
+  | { kind: 'presence' | 'watch' | 'unwatch'; id: string; users: UserId[] }
+  | { kind: 'activity'; id?: string; active: boolean }
+  | { kind: 'ping'; id?: string }
+  | { kind: 'pong' };
+
+/** A frame that expects an answer: it has an id. */
+export type RequestFrame = ClientFrame & { id: string };
+
+export interface Welcome {
+  kind: 'welcome';
+  protocol: number;
+  client: string;
+  user: string;
+  heartbeatMs?: number;
+  heartbeatTimeoutMs?: number;
+  limits?: { maxRecipients?: number; [limit: string]: number | undefined };
+  presence?: Presence;
+}
+
+export type ServerFrame =
+  | Welcome
+  | ({ kind: 'message'; action: Action } & Meta)
+  | { kind: 'event'; action: Action }
+  | { kind: 'ack'; id: string; result: unknown }
+  | ({ kind: 'error'; id?: string } & ErrorInfo)
+  | { kind: 'ping' | 'pong'; id?: string }
+  // Newer servers may send kinds this client does not know; they must be ignored.
+  | { kind: string; [field: string]: unknown };
+
+export const broadcast = (id: string, action: Action): RequestFrame => ({ kind: 'broadcast', id, action });
+
+// `to` is passed as given: the server normalises numbers and duplicates (vectors
+// "sendToUser to one user by number" and "with duplicates"), so the client need not.
+export const sendToUser = (id: string, to: UserId | UserId[], action: Action): RequestFrame => ({
+  kind: 'sendToUser',
+  id,
+  to,
+  action,
+});
+
+export const sendToServer = (id: string, action: Action): RequestFrame => ({ kind: 'sendToServer', id, action });
+
+export const publish = (id: string, topic: string, action: Action, echo = false): RequestFrame => ({
+  kind: 'publish',
+  id,
+  topic,
+  action,
+  echo,
+});
+
+export const topicFrame = (kind: 'join' | 'leave', id: string, topic: string): RequestFrame => ({ kind, id, topic });
+
+export const usersFrame = (kind: 'presence' | 'watch' | 'unwatch', id: string, users: UserId[]): RequestFrame => ({
+  kind,
+  id,
+  users,
+});
+
+export const activity = (active: boolean, id?: string): ClientFrame =>
+  id ? { kind: 'activity', id, active } : { kind: 'activity', active };
+
+export const ping = (id?: string): ClientFrame => (id ? { kind: 'ping', id } : { kind: 'ping' });
+
+export const pong = (): ClientFrame => ({ kind: 'pong' });
+
+export const encode = (frame: ClientFrame): string => JSON.stringify(frame);
+
+/** A server frame, or undefined for anything that is not a JSON object with a string `kind`. */
+export function decode(data: unknown): ServerFrame | undefined {
+  if (typeof data != 'string') return; // pubsub.v1.json never sends binary messages
+  try {
+    const frame = JSON.parse(data);
+    if (frame && typeof frame == 'object' && typeof frame.kind == 'string') return frame;
+  } catch {
+    // A broken frame must not take the client down; there is nothing to answer.
+  }
+}
+
+/** True for a JSON object with a non-empty string `type`, the only thing delivered to subscribers. */
+export const isAction = (value: unknown): value is Action =>
+  !!value && typeof value == 'object' && typeof (value as Action).type == 'string' && !!(value as Action).type;
