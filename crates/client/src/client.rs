@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use pubsub_protocol::{
@@ -140,6 +140,10 @@ impl Client {
             status,
             session: Mutex::new(None),
             last_close: Mutex::new(None),
+            active: AtomicBool::new(true),
+            own_presence: Mutex::new(None),
+            watched: Mutex::new(Default::default()),
+            topics: Mutex::new(Default::default()),
         });
         let (commands, rx) = mpsc::unbounded_channel();
         tokio::spawn(driver::run(shared.clone(), rx, first_outcome));
@@ -241,8 +245,13 @@ impl Client {
 
     /// Sends the failed request again with the same message id: the server
     /// answers a request it already processed from its retry window.
+    /// Requests without a retry identity (watch, join, …) are idempotent:
+    /// call them again instead.
     pub async fn retry(&self, error: &SendError) -> Result<Value, SendError> {
-        self.request((*error.request).clone()).await
+        match &error.request {
+            Some(request) => self.request((**request).clone()).await,
+            None => Err(error.clone()),
+        }
     }
 
     /// Builds a request with a fresh message id.
@@ -264,6 +273,8 @@ impl Client {
             kind,
             id,
             to: None,
+            topic: None,
+            echo: None,
             action: Arc::from(raw),
         };
         if let Some(e) = invalid {
@@ -271,29 +282,31 @@ impl Client {
                 ActionError::Reserved => ErrorCode::ReservedType,
                 ActionError::NotAnObject | ActionError::BadType => ErrorCode::InvalidAction,
             };
-            return Err(SendError::local(code, e.to_string(), request));
+            return Err(SendError::local(code, e.to_string(), Some(request)));
         }
         if let Some(to) = to {
-            let mut users = Vec::with_capacity(to.len());
-            for user in to {
-                match UserId::new(&user) {
-                    Ok(user) => users.push(user),
-                    Err(e) => {
-                        return Err(SendError::local(
-                            ErrorCode::InvalidField,
-                            format!("invalid recipient {user:?}: {e}"),
-                            request,
-                        ));
-                    }
-                }
-            }
-            request.to = Some(users);
+            request.to = Some(parse_users(to).map_err(|mut e| {
+                e.request = Some(Box::new(request.clone()));
+                e
+            })?);
         }
         Ok(request)
     }
 
     /// Sends a prepared request and waits for it to settle.
     pub async fn request(&self, request: PreparedRequest) -> Result<Value, SendError> {
+        let text = request.encode();
+        self.roundtrip(request.id.clone(), text, Some(request))
+            .await
+    }
+
+    /// Sends one frame with id `id` and waits for its `ack` or `error`.
+    pub(crate) async fn roundtrip(
+        &self,
+        id: MessageId,
+        text: String,
+        request: Option<PreparedRequest>,
+    ) -> Result<Value, SendError> {
         let shared = &self.inner.shared;
         if !self.is_connected() {
             let code = if self.status() == Status::Offline {
@@ -311,23 +324,22 @@ impl Client {
         shared
             .pending
             .lock()
-            .entry(request.id.clone())
+            .entry(id.clone())
             .or_default()
             .push(tx);
-        let command = Command::Send {
-            id: request.id.clone(),
-            text: request.encode(),
-        };
-        if self.inner.commands.send(command).is_err() {
+        if self
+            .inner
+            .commands
+            .send(Command::Send {
+                id: id.clone(),
+                text,
+            })
+            .is_err()
+        {
             shared.settle(
-                &request.id,
+                &id,
                 Settled::Local(ErrorCode::ClientClosed, "the client is closed"),
             );
-            return Err(SendError::local(
-                ErrorCode::ClientClosed,
-                "the client is closed",
-                request,
-            ));
         }
         match tokio::time::timeout(shared.config.request_timeout, rx).await {
             Ok(Ok(Settled::Ack(value))) => Ok(value),
@@ -337,7 +349,7 @@ impl Client {
                 message: frame.message,
                 retryable: frame.retryable,
                 data: frame.data,
-                request: Box::new(request),
+                request: request.map(Box::new),
             }),
             Ok(Ok(Settled::Local(code, message))) => Err(SendError::local(code, message, request)),
             Ok(Err(_)) => Err(SendError::local(
@@ -346,7 +358,7 @@ impl Client {
                 request,
             )),
             Err(_) => {
-                shared.forget_abandoned(&request.id);
+                shared.forget_abandoned(&id);
                 Err(SendError::local(
                     ErrorCode::RequestTimeout,
                     "no answer within the request timeout",
@@ -366,7 +378,7 @@ impl Client {
             SendError::local(
                 ErrorCode::Internal,
                 format!("unexpected result shape: {e}"),
-                kept,
+                Some(kept),
             )
         })
     }
@@ -382,10 +394,30 @@ impl Client {
         let _ = rx.wait_for(|s| *s == status).await;
     }
 
-    fn next_message_id(&self) -> MessageId {
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    pub(crate) fn next_message_id(&self) -> MessageId {
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         MessageId::new(format!("{}-{n}", self.inner.id_prefix)).unwrap_or_else(|_| unreachable_id())
     }
+}
+
+/// Validates user ids given as strings.
+pub(crate) fn parse_users(users: Vec<String>) -> Result<Vec<UserId>, SendError> {
+    users
+        .into_iter()
+        .map(|user| {
+            UserId::new(&user).map_err(|e| {
+                SendError::local(
+                    ErrorCode::InvalidField,
+                    format!("invalid user id {user:?}: {e}"),
+                    None,
+                )
+            })
+        })
+        .collect()
 }
 
 fn random_prefix() -> String {

@@ -3,8 +3,9 @@
 //! deliveries to subscribers, and reconnects with backoff unless the server
 //! said "stop".
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -12,8 +13,8 @@ use http::HeaderValue;
 use parking_lot::Mutex;
 use pubsub_protocol::client_frame::PONG_FRAME;
 use pubsub_protocol::{
-    CloseAdvice, ErrorCode, ErrorFrame, MessageId, SUBPROTOCOL_JSON_V1, ServerFrame, Welcome,
-    close_advice, decode_server_frame,
+    CloseAdvice, ErrorCode, ErrorFrame, MessageId, OutgoingFrame, Presence, SUBPROTOCOL_JSON_V1,
+    ServerFrame, Topic, Welcome, close_advice, decode_server_frame, events,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -26,6 +27,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_conf
 
 use crate::config::ClientConfig;
 use crate::error::ConnectError;
+use crate::presence::PresenceBook;
 use crate::status::Status;
 use crate::subscriptions::{Incoming, SharedRegistry, dispatch};
 
@@ -58,6 +60,12 @@ pub(crate) struct Shared {
     pub(crate) status: watch::Sender<Status>,
     pub(crate) session: Mutex<Option<Welcome>>,
     pub(crate) last_close: Mutex<Option<(u16, String)>>,
+    /// Whether this client reports itself active (sent again on reconnect).
+    pub(crate) active: AtomicBool,
+    /// The user's presence as last reported by the server.
+    pub(crate) own_presence: Mutex<Option<Presence>>,
+    pub(crate) watched: Mutex<PresenceBook>,
+    pub(crate) topics: Mutex<BTreeSet<Topic>>,
 }
 
 impl Shared {
@@ -86,22 +94,48 @@ impl Shared {
         }
     }
 
+    /// Sets the reported status and, if it changed, emits the one
+    /// `@pubsub/STATUS_CHANGE` subscribers see for it (with the user's
+    /// presence when connected).
     fn set_status(&self, status: Status) {
         let previous = self.status.send_replace(status);
         if previous != status {
+            let mut event = json!({
+                "type": STATUS_CHANGE,
+                "status": status,
+                "previousStatus": previous,
+            });
+            if status.is_connected()
+                && let Some(presence) = self.own_presence.lock().as_ref()
+            {
+                event["presence"] = json!(presence);
+            }
             dispatch(
                 &self.registry,
                 &Incoming {
-                    action: json!({
-                        "type": STATUS_CHANGE,
-                        "status": status,
-                        "previousStatus": previous,
-                    }),
+                    action: event,
                     id: None,
                     via: None,
                     from: None,
                 },
             );
+        }
+    }
+
+    /// Takes the user's presence from the server if it is newer.
+    fn own_presence_changed(&self, presence: Presence) {
+        {
+            let mut own = self.own_presence.lock();
+            if own
+                .as_ref()
+                .is_some_and(|held| held.version >= presence.version)
+            {
+                return;
+            }
+            *own = Some(presence);
+        }
+        if self.status.borrow().is_connected() {
+            self.set_status(Status::of_connected(self.own_presence.lock().as_ref()));
         }
     }
 }
@@ -166,7 +200,8 @@ pub(crate) async fn run(
                     let _ = tx.send(Ok(()));
                 }
                 *shared.session.lock() = Some(welcome.clone());
-                shared.set_status(Status::Online);
+                *shared.own_presence.lock() = welcome.presence.clone();
+                shared.set_status(Status::of_connected(welcome.presence.as_ref()));
                 let end = session(&shared, ws, &welcome, &mut commands).await;
                 *shared.session.lock() = None;
                 shared.fail_all(
@@ -234,6 +269,14 @@ fn handshake_request(shared: &Shared) -> Result<Request<()>, String> {
         .as_str()
         .into_client_request()
         .map_err(|e| e.to_string())?;
+    if !shared.active.load(Ordering::Relaxed) {
+        let mut url = shared.url.clone();
+        url.query_pairs_mut().append_pair("active", "false");
+        request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+    }
     let headers = request.headers_mut();
     headers.insert(
         "Sec-WebSocket-Protocol",
@@ -292,7 +335,7 @@ fn close_parts(frame: Option<CloseFrame>) -> (u16, String) {
 }
 
 async fn session(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     mut ws: Socket,
     welcome: &Welcome,
     commands: &mut mpsc::UnboundedReceiver<Command>,
@@ -300,6 +343,9 @@ async fn session(
     // The server pings every heartbeat_ms; silence beyond heartbeat_ms +
     // heartbeat_timeout_ms means it (or the path to it) is gone.
     let silence_limit = Duration::from_millis(welcome.heartbeat_ms + welcome.heartbeat_timeout_ms);
+    if resubscribe(shared, &mut ws).await.is_err() {
+        return SessionEnd::Lost;
+    }
     let mut last_inbound = Instant::now();
     let watchdog = sleep(silence_limit);
     tokio::pin!(watchdog);
@@ -395,6 +441,82 @@ async fn write_batch(
     }
 }
 
+/// Re-establishes watches and topic memberships on a new connection, before
+/// anything else is sent. Their answers are applied as they arrive.
+async fn resubscribe(shared: &Arc<Shared>, ws: &mut Socket) -> Result<(), ()> {
+    let watched = shared.watched.lock().users();
+    let topics: Vec<Topic> = shared.topics.lock().iter().cloned().collect();
+    if watched.is_empty() && topics.is_empty() {
+        return Ok(());
+    }
+    let mut frames = Vec::new();
+    for chunk in watched.chunks(pubsub_protocol::limits::DEFAULT_MAX_USERS_PER_REQUEST) {
+        let id = internal_id();
+        let rx = register(shared, &id);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Ok(Settled::Ack(result)) = rx.await {
+                shared.watched.lock().offer_all(&result);
+            }
+        });
+        frames.push(
+            OutgoingFrame {
+                kind: "watch",
+                id: Some(&id),
+                users: Some(chunk),
+                ..OutgoingFrame::default()
+            }
+            .encode(),
+        );
+    }
+    for topic in topics {
+        let id = internal_id();
+        let rx = register(shared, &id);
+        let shared = shared.clone();
+        let name = topic.clone();
+        tokio::spawn(async move {
+            if let Ok(Settled::Error(e)) = rx.await
+                && !e.retryable
+            {
+                tracing::warn!(topic = %name, code = e.code, "could not re-join topic; forgetting it");
+                shared.topics.lock().remove(&name);
+            }
+        });
+        frames.push(
+            OutgoingFrame {
+                kind: "join",
+                id: Some(&id),
+                topic: Some(&topic),
+                ..OutgoingFrame::default()
+            }
+            .encode(),
+        );
+    }
+    for frame in frames {
+        ws.feed(Message::text(frame)).await.map_err(|_| ())?;
+    }
+    ws.flush().await.map_err(|_| ())
+}
+
+fn register(shared: &Shared, id: &MessageId) -> oneshot::Receiver<Settled> {
+    let (tx, rx) = oneshot::channel();
+    shared
+        .pending
+        .lock()
+        .entry(id.clone())
+        .or_default()
+        .push(tx);
+    rx
+}
+
+/// Ids for the client's own bookkeeping requests.
+fn internal_id() -> MessageId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    MessageId::new(format!("internal-{:08x}-{n}", fastrand::u32(..)))
+        .unwrap_or_else(|_| unreachable!("internal ids are short ASCII"))
+}
+
 /// Handles one frame from the server. Returns true if it was a heartbeat
 /// `ping` that needs a `pong`.
 fn on_text(shared: &Shared, text: &str) -> bool {
@@ -423,6 +545,25 @@ fn on_text(shared: &Shared, text: &str) -> bool {
             false
         }
         Ok(ServerFrame::Event(event)) => {
+            let ty = event
+                .action
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if ty == STATUS_CHANGE {
+                // Re-emitted by set_status as this client's own status change.
+                if let Ok(presence) = serde_json::from_value::<Presence>(event.action) {
+                    shared.own_presence_changed(presence);
+                }
+                return false;
+            }
+            if ty == events::PRESENCE_CHANGE
+                && let Ok(presence) = serde_json::from_value::<Presence>(event.action.clone())
+                && !shared.watched.lock().offer(presence)
+            {
+                // Not newer than what we hold (or no longer watched): drop it.
+                return false;
+            }
             dispatch(
                 &shared.registry,
                 &Incoming {

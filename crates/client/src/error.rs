@@ -18,15 +18,16 @@ pub struct SendError {
     pub retryable: bool,
     /// Details from the server's handler, if it gave any.
     pub data: Option<Value>,
-    /// The request, for retrying.
-    pub request: Box<PreparedRequest>,
+    /// The messaging request, for [`crate::Client::retry`]; `None` for
+    /// requests that are idempotent anyway (watch, join, activity, …).
+    pub request: Option<Box<PreparedRequest>>,
 }
 
 impl SendError {
     pub(crate) fn local(
         code: ErrorCode,
         message: impl Into<String>,
-        request: PreparedRequest,
+        request: Option<PreparedRequest>,
     ) -> Self {
         Self {
             code: code.code(),
@@ -34,7 +35,7 @@ impl SendError {
             message: message.into(),
             retryable: code.retryable(),
             data: None,
-            request: Box::new(request),
+            request: request.map(Box::new),
         }
     }
 
@@ -43,9 +44,11 @@ impl SendError {
         ErrorCode::from_code(self.code)
     }
 
-    /// The action that was sent.
+    /// The action that was sent (`null` for requests without one).
     pub fn action(&self) -> Value {
-        self.request.action_value()
+        self.request
+            .as_ref()
+            .map_or(Value::Null, |r| r.action_value())
     }
 }
 

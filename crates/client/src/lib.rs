@@ -5,6 +5,8 @@
 //! - driver.rs: the background task owning the socket — heartbeat answers,
 //!   a watchdog on server silence, reconnect with backoff.
 //! - [`config`]: endpoint, credentials, timeouts, [`ReconnectPolicy`].
+//! - presence.rs: activity, presence queries, watches (re-established after reconnects).
+//! - topics.rs: join, leave, publish (joins re-established after reconnects).
 //! - [`subscriptions`]: callbacks by action type.
 //! - [`error`]: [`SendError`] (code, retryable, the request to retry) and [`ConnectError`].
 //!
@@ -22,16 +24,20 @@ mod client;
 pub mod config;
 mod driver;
 pub mod error;
+mod presence;
 mod request;
 pub mod status;
 pub mod subscriptions;
+mod topics;
 
 pub use client::{BroadcastAck, Client, IntoRecipients, RecipientResult, SendToUserAck};
 pub use config::{ClientConfig, ReconnectPolicy};
 pub use driver::STATUS_CHANGE;
 pub use error::{ConnectError, SendError};
 pub use pubsub_protocol as protocol;
-pub use pubsub_protocol::{ClientId, ErrorCode, MessageId, RequestKind, UserId};
+pub use pubsub_protocol::{
+    ClientId, ErrorCode, MessageId, Presence, RequestKind, Topic, UserId, UserStatus,
+};
 pub use request::PreparedRequest;
 pub use status::Status;
 pub use subscriptions::{ANY_TYPE, Incoming, Subscription};

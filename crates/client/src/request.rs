@@ -1,25 +1,38 @@
-//! A request ready to send: its kind, id, recipients and action.
+//! A messaging request ready to send — `broadcast`, `sendToUser`,
+//! `sendToServer` or `publish` — with its message id fixed, so sending it
+//! again is a retry the server recognises and never processes twice.
 
 use std::sync::Arc;
 
-use pubsub_protocol::client_frame::encode_request;
-use pubsub_protocol::{MessageId, RequestKind, UserId};
+use pubsub_protocol::{MessageId, OutgoingFrame, RequestKind, Topic, UserId};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-/// A request with its message id fixed, so sending it again is a retry the
-/// server recognises.
 #[derive(Debug, Clone)]
 pub struct PreparedRequest {
     pub kind: RequestKind,
     pub id: MessageId,
+    /// Recipients of `sendToUser`.
     pub to: Option<Vec<UserId>>,
+    /// Topic of `publish`.
+    pub topic: Option<Topic>,
+    /// `publish` only: deliver to the publishing client too.
+    pub echo: Option<bool>,
     pub(crate) action: Arc<RawValue>,
 }
 
 impl PreparedRequest {
     pub(crate) fn encode(&self) -> String {
-        encode_request(self.kind, &self.id, self.to.as_deref(), &self.action)
+        OutgoingFrame {
+            kind: self.kind.as_str(),
+            id: Some(&self.id),
+            to: self.to.as_deref(),
+            topic: self.topic.as_ref(),
+            echo: self.echo,
+            action: Some(&self.action),
+            ..OutgoingFrame::default()
+        }
+        .encode()
     }
 
     pub fn action_value(&self) -> Value {

@@ -1,4 +1,6 @@
-//! The status `status()` reports, with the original package's names.
+//! The status `status()` reports, with the original package's names: the
+//! user's presence (ONLINE / AWAY) while connected, CONNECTING while
+//! (re)connecting, OFFLINE once stopped.
 
 use serde::{Deserialize, Serialize};
 
@@ -7,8 +9,10 @@ use serde::{Deserialize, Serialize};
 pub enum Status {
     /// Connecting, or waiting to reconnect after a drop.
     Connecting,
-    /// Connected and welcomed by the server.
+    /// Connected, and the user is active in at least one client.
     Online,
+    /// Connected, but none of the user's clients is active.
+    Away,
     /// Not connected and not trying (stopped by a "stop" close code or by `close`).
     Offline,
 }
@@ -18,13 +22,22 @@ impl Status {
         match self {
             Status::Connecting => "CONNECTING",
             Status::Online => "ONLINE",
+            Status::Away => "AWAY",
             Status::Offline => "OFFLINE",
         }
     }
 
-    /// True when the client can send (the original's `isConnected`).
+    /// True when the client can send (the original's `isConnected`: ONLINE or AWAY).
     pub fn is_connected(self) -> bool {
-        matches!(self, Status::Online)
+        matches!(self, Status::Online | Status::Away)
+    }
+
+    /// The status to report while connected, from the user's presence.
+    pub(crate) fn of_connected(presence: Option<&pubsub_protocol::Presence>) -> Self {
+        match presence.map(|p| p.status) {
+            Some(pubsub_protocol::UserStatus::Away) => Status::Away,
+            _ => Status::Online,
+        }
     }
 }
 

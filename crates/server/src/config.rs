@@ -24,6 +24,8 @@ pub struct ServerConfig {
     /// Time a user keeps their status after their last client disconnects,
     /// so a reload does not flap OFFLINE/ONLINE.
     pub presence_grace_ms: u64,
+    /// How long an OFFLINE user nobody watches is remembered (for `lastOnlineTs`).
+    pub presence_retention_ms: u64,
     /// Bytes queued for one connection before it is closed as a slow consumer (4507).
     pub max_outbound_bytes: usize,
     /// Requests per second per connection; 0 disables the limit.
@@ -65,6 +67,7 @@ impl Default for ServerConfig {
             max_watched_users: defaults::DEFAULT_MAX_WATCHED_USERS,
             max_topics: defaults::DEFAULT_MAX_TOPICS,
             presence_grace_ms: defaults::DEFAULT_PRESENCE_GRACE_MS,
+            presence_retention_ms: 3_600_000,
             max_outbound_bytes: 1024 * 1024,
             max_requests_per_sec: defaults::DEFAULT_MAX_REQUESTS_PER_SEC,
             max_invalid_frames_per_min: 20,
@@ -152,8 +155,11 @@ impl ServerConfig {
     pub fn retry_window(&self) -> Duration {
         Duration::from_millis(self.retry_window_ms)
     }
-    pub fn presence_grace(&self) -> Duration {
-        Duration::from_millis(self.presence_grace_ms)
+    pub fn engine_settings(&self) -> crate::engine::EngineSettings {
+        crate::engine::EngineSettings {
+            presence_grace: Duration::from_millis(self.presence_grace_ms),
+            presence_retention: Duration::from_millis(self.presence_retention_ms),
+        }
     }
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use pubsub_protocol::server_frame::encode_message;
-use pubsub_protocol::{Action, ActionError, ClientId, UserId, Via, close};
+use pubsub_protocol::server_frame::encode_topic_message;
+use pubsub_protocol::{Action, ActionError, ClientId, Presence, Topic, UserId, Via, close};
 use serde::Serialize;
 
 use crate::connection::{ClientInfo, Frame};
@@ -34,15 +34,48 @@ impl ServerHandle {
 
     /// Encodes a server-originated action once, for any number of recipients.
     fn frame<A: Serialize + ?Sized>(&self, action: &A) -> Result<Frame, SendError> {
+        self.encode(action, Via::Server, None)
+    }
+
+    fn encode<A: Serialize + ?Sized>(
+        &self,
+        action: &A,
+        via: Via,
+        topic: Option<&Topic>,
+    ) -> Result<Frame, SendError> {
         let raw = serde_json::value::to_raw_value(action).map_err(|_| ActionError::NotAnObject)?;
         let action = Action::from_raw(raw, false)?;
         let id = self.hub.next_server_message_id();
-        Ok(Frame::from(encode_message(
+        Ok(Frame::from(encode_topic_message(
             &id,
-            Via::Server,
+            via,
             None,
+            topic,
             action.raw(),
         )))
+    }
+
+    /// Publishes `action` to every member of `topic` (it arrives with
+    /// `via: "topic"` and no sender). Returns how many clients it was queued for.
+    pub async fn publish<A: Serialize + ?Sized>(
+        &self,
+        topic: &Topic,
+        action: &A,
+    ) -> Result<usize, SendError> {
+        let frame = self.encode(action, Via::Topic, Some(topic))?;
+        let delivered = self.hub.engine.publish(topic, None, &frame).await?;
+        self.hub.count_topic_publish(delivered);
+        Ok(delivered)
+    }
+
+    /// How many clients are joined to `topic`.
+    pub async fn topic_members(&self, topic: &Topic) -> Result<usize, EngineError> {
+        self.hub.engine.topic_members(topic).await
+    }
+
+    /// The presence of each user (unknown users are OFFLINE, version 0).
+    pub async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>, EngineError> {
+        self.hub.engine.presence(users).await
     }
 
     /// Sends `action` to one client. False if it is not connected.

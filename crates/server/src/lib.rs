@@ -11,6 +11,9 @@
 //!   into deliveries and answers, including the retry window.
 //! - [`engine`]: routing tables behind the [`Engine`] trait; [`MemoryEngine`]
 //!   for a single node. Cluster engines implement the same trait.
+//! - [`presence`]: the per-user presence state machine, its events, the
+//!   policy and application hooks.
+//! - [`topics`]: the topic policy (memberships live in the engine).
 //! - [`auth`]: handshake, authenticators ([`DevAuth`]) and the `verify_client` hook.
 //! - [`handler`] and [`context`]: the `sendToServer` handler and what it can do.
 //! - [`handle`]: [`ServerHandle`], server-side sends, read views, stats, shutdown.
@@ -25,8 +28,10 @@ pub mod handle;
 pub mod handler;
 mod http;
 mod hub;
+pub mod presence;
 pub mod server;
 pub mod stats;
+pub mod topics;
 
 pub use auth::{
     AuthError, Authenticator, DEV_AUTH_WARNING, DevAuth, Handshake, Identity, Rejection,
@@ -35,13 +40,18 @@ pub use auth::{
 pub use config::{ConfigError, ServerConfig};
 pub use connection::{ClientHandle, ClientInfo, Frame, Kick};
 pub use context::HandlerContext;
-pub use engine::{Counts, Engine, EngineError, MemoryEngine, UserDelivery, UserInfo};
+pub use engine::{
+    Counts, Engine, EngineError, EngineSettings, JoinOutcome, MemoryEngine, UserDelivery, UserInfo,
+    WatchOutcome,
+};
 pub use handle::{SendError, ServerHandle};
 pub use handler::{Handler, HandlerError, HandlerResult, Reply, handler_fn, reply};
+pub use presence::{PresenceHooks, PresencePolicy, SeeEveryone, SeeOnlySelf, StatusChange};
 pub use pubsub_protocol as protocol;
-pub use pubsub_protocol::{Action, ClientId, MessageId, UserId};
-pub use server::{BuildError, RunningServer, Server, ServerBuilder, ShutdownReport};
+pub use pubsub_protocol::{Action, ClientId, MessageId, Presence, Topic, UserId, UserStatus};
+pub use server::{BuildError, RunningServer, Server, ServerBuilder, ShutdownReport, StartError};
 pub use stats::StatsSnapshot;
+pub use topics::{OpenTopics, TopicPatterns, TopicPolicy};
 
 /// Re-exported so applications can mount routes without depending on axum directly.
 pub use axum;

@@ -17,6 +17,8 @@ use crate::handle::ServerHandle;
 use crate::handler::Handler;
 use crate::http;
 use crate::hub::{Hub, HubParts};
+use crate::presence::{PresenceHooks, PresencePolicy, SeeEveryone};
+use crate::topics::{OpenTopics, TopicPolicy};
 
 /// Extra time shutdown allows beyond `shutdown_timeout` for close handshakes.
 const CLOSE_ALLOWANCE: Duration = Duration::from_secs(3);
@@ -33,6 +35,15 @@ pub enum BuildError {
     NodeId(String),
 }
 
+/// Why a built server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen: {0}")]
+    Listen(#[from] io::Error),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+}
+
 /// Configures a server. Only the authenticator is required: the engine
 /// defaults to in-memory, and without a handler `sendToServer` answers
 /// `no_handler`.
@@ -44,6 +55,9 @@ pub struct ServerBuilder {
     handler: Option<Arc<dyn Handler>>,
     auth: Option<Arc<dyn Authenticator>>,
     verify: Option<Arc<dyn VerifyClient>>,
+    presence_policy: Option<Arc<dyn PresencePolicy>>,
+    topic_policy: Option<Arc<dyn TopicPolicy>>,
+    hooks: Option<Arc<dyn PresenceHooks>>,
     routes: Router,
 }
 
@@ -79,6 +93,24 @@ impl ServerBuilder {
         self
     }
 
+    /// Who may query and watch whose presence (default: everyone everyone).
+    pub fn presence_policy(mut self, policy: impl PresencePolicy) -> Self {
+        self.presence_policy = Some(Arc::new(policy));
+        self
+    }
+
+    /// Who may join and publish to which topic (default: open).
+    pub fn topic_policy(mut self, policy: impl TopicPolicy) -> Self {
+        self.topic_policy = Some(Arc::new(policy));
+        self
+    }
+
+    /// Callbacks on connect, disconnect and status change.
+    pub fn presence_hooks(mut self, hooks: impl PresenceHooks) -> Self {
+        self.hooks = Some(Arc::new(hooks));
+        self
+    }
+
     /// HTTP routes served next to the WebSocket endpoint (the original's `expressUse`).
     pub fn routes(mut self, routes: Router) -> Self {
         self.routes = self.routes.merge(routes);
@@ -100,6 +132,11 @@ impl ServerBuilder {
             handler: self.handler,
             auth,
             verify: self.verify,
+            presence_policy: self
+                .presence_policy
+                .unwrap_or_else(|| Arc::new(SeeEveryone)),
+            topic_policy: self.topic_policy.unwrap_or_else(|| Arc::new(OpenTopics)),
+            hooks: self.hooks,
         }));
         Ok(Server {
             hub,
@@ -137,6 +174,9 @@ impl Server {
             handler: None,
             auth: None,
             verify: None,
+            presence_policy: None,
+            topic_policy: None,
+            hooks: None,
             routes: Router::new(),
         }
     }
@@ -155,14 +195,19 @@ impl Server {
     }
 
     /// Binds `addr` and starts serving.
-    pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<RunningServer> {
+    pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<RunningServer, StartError> {
         let listener = TcpListener::bind(addr).await?;
-        self.serve(listener)
+        self.serve(listener).await
     }
 
     /// Starts serving on an already bound listener.
-    pub fn serve(self, listener: TcpListener) -> io::Result<RunningServer> {
+    pub async fn serve(self, listener: TcpListener) -> Result<RunningServer, StartError> {
         let local_addr = listener.local_addr()?;
+        self.hub
+            .engine
+            .start(self.hub.config.engine_settings())
+            .await?;
+        tokio::spawn(crate::hub::run_hooks(self.hub.clone()));
         let router = http::router(self.hub.clone(), self.routes);
         let accept = tokio::spawn(http::accept_loop(listener, router, self.hub.clone()));
         tokio::spawn(sweep_retry_window(self.hub.clone()));

@@ -36,6 +36,13 @@ counter_group!(MessagesIn, MessagesInSnapshot {
     broadcast => "broadcast",
     send_to_user => "sendToUser",
     send_to_server => "sendToServer",
+    publish => "publish",
+    join => "join",
+    leave => "leave",
+    activity => "activity",
+    presence => "presence",
+    watch => "watch",
+    unwatch => "unwatch",
     ping => "ping",
     pong => "pong",
     invalid => "invalid",
@@ -45,6 +52,7 @@ counter_group!(MessagesOut, MessagesOutSnapshot {
     message => "message",
     ack => "ack",
     error => "error",
+    event => "event",
     ping => "ping",
     pong => "pong",
     welcome => "welcome",
@@ -60,12 +68,18 @@ counter_group!(Connections, ConnectionsSnapshot {
     too_many_errors => "tooManyErrors",
 });
 
+counter_group!(TopicTraffic, TopicTrafficSnapshot {
+    publishes => "publishes",
+    deliveries => "deliveries",
+});
+
 pub(crate) struct Stats {
     started: Instant,
     started_at_ms: u64,
     pub(crate) messages_in: MessagesIn,
     pub(crate) messages_out: MessagesOut,
     pub(crate) connections: Connections,
+    pub(crate) topics: TopicTraffic,
     pub(crate) retries_replayed: AtomicU64,
     errors: Vec<AtomicU64>,
 }
@@ -78,6 +92,7 @@ impl Stats {
             messages_in: MessagesIn::default(),
             messages_out: MessagesOut::default(),
             connections: Connections::default(),
+            topics: TopicTraffic::default(),
             retries_replayed: AtomicU64::new(0),
             errors: ErrorCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
         }
@@ -97,6 +112,9 @@ impl Stats {
         auth: &str,
         counts: Counts,
     ) -> StatsSnapshot {
+        let mut messages_out = self.messages_out.snapshot();
+        messages_out.event = counts.presence_events;
+        let traffic = self.topics.snapshot();
         StatsSnapshot {
             node: node.to_owned(),
             engine: engine.to_owned(),
@@ -106,7 +124,7 @@ impl Stats {
             users: counts.users,
             clients: counts.clients,
             messages_in: self.messages_in.snapshot(),
-            messages_out: self.messages_out.snapshot(),
+            messages_out,
             errors: ErrorCode::ALL
                 .iter()
                 .zip(&self.errors)
@@ -115,6 +133,17 @@ impl Stats {
                 .collect(),
             connections: self.connections.snapshot(),
             retries_replayed: self.retries_replayed.load(Ordering::Relaxed),
+            presence: PresenceSnapshot {
+                users_by_status: counts.users_by_status,
+                clients_per_user: counts.clients_per_user,
+                events_sent: counts.presence_events,
+            },
+            topics: TopicsSnapshot {
+                topics: counts.topics,
+                members: counts.topic_members,
+                publishes: traffic.publishes,
+                deliveries: traffic.deliveries,
+            },
         }
     }
 }
@@ -142,6 +171,31 @@ pub struct StatsSnapshot {
     pub connections: ConnectionsSnapshot,
     /// Retries answered from the retry window instead of being processed again.
     pub retries_replayed: u64,
+    pub presence: PresenceSnapshot,
+    pub topics: TopicsSnapshot,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceSnapshot {
+    /// Users by status; OFFLINE counts users still remembered.
+    pub users_by_status: BTreeMap<String, usize>,
+    /// How many users have 1, 2, 3, 4-5, 6-10 or 11+ clients.
+    pub clients_per_user: BTreeMap<String, usize>,
+    /// Presence events queued, one per recipient.
+    pub events_sent: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicsSnapshot {
+    /// Topics with at least one member.
+    pub topics: usize,
+    /// Memberships across all topics.
+    pub members: usize,
+    pub publishes: u64,
+    /// Messages queued by publishes, one per recipient.
+    pub deliveries: u64,
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -375,7 +375,7 @@ async fn retrying_a_failed_send_uses_the_same_id_and_is_not_processed_twice() {
         .await
         .unwrap_err();
     let again = c.retry(&e).await.unwrap_err();
-    assert_eq!(again.request.id, e.request.id);
+    assert_eq!(again.request.unwrap().id, e.request.unwrap().id);
     assert_eq!(again.message, "no such order");
     assert_eq!(
         calls.load(Ordering::SeqCst),

@@ -58,6 +58,20 @@ impl ClientHandle {
         self.outbox.push(frame.clone())
     }
 
+    /// Marks the client gone: it accepts no more frames. Called when its
+    /// connection ends, so stale references held elsewhere cost nothing.
+    pub(crate) fn close(&self) {
+        self.outbox.kick(Kick {
+            code: pubsub_protocol::close::NORMAL,
+            reason: std::borrow::Cow::Borrowed("connection closed"),
+        });
+    }
+
+    /// True once the connection is ending (closed, kicked or overflowed).
+    pub fn is_closed(&self) -> bool {
+        self.outbox.kicked().is_some()
+    }
+
     /// Closes the connection with `code` and `reason` after what is queued.
     pub fn disconnect(&self, code: u16, reason: impl Into<std::borrow::Cow<'static, str>>) {
         self.outbox.kick(Kick {

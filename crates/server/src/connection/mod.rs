@@ -19,7 +19,8 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use pubsub_protocol::server_frame::{PING_FRAME, Welcome, encode_pong, encode_welcome};
 use pubsub_protocol::{
-    ClientFrame, ErrorCode, MessageId, PROTOCOL_VERSION, Sender, close, decode_client_frame,
+    ClientFrame, ErrorCode, MessageId, PROTOCOL_VERSION, Presence, Sender, close,
+    decode_client_frame,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
@@ -28,7 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::auth::Identity;
-use crate::hub::{Answer, Hub};
+use crate::hub::{Answer, HookEvent, Hub};
 use crate::stats::now_ms;
 use budget::{TokenBucket, allow};
 pub use handle::{ClientHandle, ClientInfo};
@@ -99,6 +100,7 @@ pub(crate) async fn serve_session<S>(
     mut ws: WebSocketStream<S>,
     identity: Identity,
     remote_addr: SocketAddr,
+    active: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -111,12 +113,15 @@ pub(crate) async fn serve_session<S>(
     };
     let handle = Arc::new(ClientHandle::new(info, hub.config.max_outbound_bytes));
     hub.open_connections.fetch_add(1, Ordering::Relaxed);
-    let end = match hub.engine.attach(handle.clone()).await {
-        Ok(()) => {
+    let end = match hub.engine.attach(handle.clone(), active).await {
+        Ok(presence) => {
             hub.stats.connections.opened.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(client = %handle.id(), user = %handle.user(), %remote_addr, "connected");
+            welcome(&hub, &handle, presence.clone());
+            hub.hook(HookEvent::Connect(handle.info().clone(), presence));
             let end = run(&hub, &handle, &mut ws).await;
-            hub.engine.detach(&handle).await;
+            let presence = hub.engine.detach(&handle).await;
+            hub.hook(HookEvent::Disconnect(handle.info().clone(), presence));
             hub.stats.connections.closed.fetch_add(1, Ordering::Relaxed);
             end
         }
@@ -138,6 +143,28 @@ where
     send_close(ws, code, reason).await;
 }
 
+/// Queues `welcome` ahead of anything delivered to the client since it was
+/// registered, so it is always the first frame.
+fn welcome(hub: &Hub, handle: &ClientHandle, presence: Presence) {
+    let config = &hub.config;
+    handle
+        .outbox()
+        .push_front(Frame::from(encode_welcome(&Welcome {
+            protocol: PROTOCOL_VERSION,
+            client: handle.id().clone(),
+            user: handle.user().clone(),
+            node: hub.node.clone(),
+            heartbeat_ms: config.heartbeat_interval_ms,
+            heartbeat_timeout_ms: config.heartbeat_timeout_ms,
+            limits: config.wire_limits(),
+            presence: Some(presence),
+        })));
+    hub.stats
+        .messages_out
+        .welcome
+        .fetch_add(1, Ordering::Relaxed);
+}
+
 async fn run<S>(hub: &Arc<Hub>, handle: &Arc<ClientHandle>, ws: &mut WebSocketStream<S>) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -148,21 +175,6 @@ where
         user: handle.user().clone(),
         client: handle.id().clone(),
     };
-
-    outbox.push(Frame::from(encode_welcome(&Welcome {
-        protocol: PROTOCOL_VERSION,
-        client: handle.id().clone(),
-        user: handle.user().clone(),
-        node: hub.node.clone(),
-        heartbeat_ms: config.heartbeat_interval_ms,
-        heartbeat_timeout_ms: config.heartbeat_timeout_ms,
-        limits: config.wire_limits(),
-        presence: None,
-    })));
-    hub.stats
-        .messages_out
-        .welcome
-        .fetch_add(1, Ordering::Relaxed);
 
     let mut batch = VecDeque::new();
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Frame>> = FuturesUnordered::new();
@@ -276,7 +288,21 @@ async fn on_text(
         Err(e) => return on_invalid(hub, outbox, limits, e.id.as_ref(), e.code, &e.message),
     };
     match frame {
-        ClientFrame::Activity { .. } => {}
+        ClientFrame::Activity { id, active } => {
+            if !allow(&mut limits.requests) {
+                if let Some(id) = id {
+                    outbox.push(hub.error_frame(
+                        Some(&id),
+                        ErrorCode::RateLimited,
+                        "too many requests per second on this connection",
+                    ));
+                }
+                return None;
+            }
+            if let Some(answer) = hub.activity(handle, id.as_ref(), active).await {
+                outbox.push(answer);
+            }
+        }
         ClientFrame::Pong => {
             hub.stats.messages_in.pong.fetch_add(1, Ordering::Relaxed);
         }
@@ -294,10 +320,7 @@ async fn on_text(
                 ));
                 return None;
             }
-            match hub
-                .handle_request(handle.shared_info(), sender, request)
-                .await
-            {
+            match hub.handle_request(handle, sender, request).await {
                 Answer::Now(frame) => {
                     outbox.push(frame);
                 }

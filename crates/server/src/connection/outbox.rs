@@ -122,6 +122,16 @@ impl Outbox {
         true
     }
 
+    /// Queues a frame ahead of everything else (the `welcome`, which must be
+    /// first even if deliveries raced it into the queue).
+    pub(crate) fn push_front(&self, frame: Frame) {
+        let mut q = self.queue.lock();
+        q.bytes += frame.len();
+        q.frames.push_front(frame);
+        drop(q);
+        self.wake.notify_one();
+    }
+
     /// Asks the connection to close with `kick`. Queued frames are still
     /// written before the close frame unless the kick is a slow consumer.
     pub(crate) fn kick(&self, kick: Kick) {

@@ -72,6 +72,8 @@ pub(super) async fn websocket(
         }
     };
     let handshake = handshake_of(&request, remote_addr);
+    // Tabs opened in the background can say so; everyone else starts active.
+    let active = handshake.query.get("active").is_none_or(|v| v != "false");
     let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -100,7 +102,7 @@ pub(super) async fn websocket(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
         match verdict {
-            Ok(identity) => serve_session(hub, ws, identity, remote_addr).await,
+            Ok(identity) => serve_session(hub, ws, identity, remote_addr, active).await,
             Err((code, reason)) => {
                 tracing::debug!(%remote_addr, code, %reason, "connection refused");
                 refuse(&mut ws, code, &reason).await;

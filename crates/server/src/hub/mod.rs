@@ -2,8 +2,12 @@
 //! client requests (`broadcast`, `sendToUser`, `sendToServer`) into deliveries
 //! and answers. It owns no sockets; connections hand it decoded frames.
 
+mod hooks;
+mod messaging;
+mod presence;
 mod requests;
 mod retry_window;
+mod topics;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,8 +22,11 @@ use crate::config::ServerConfig;
 use crate::connection::Frame;
 use crate::engine::Engine;
 use crate::handler::Handler;
+use crate::presence::{PresenceHooks, PresencePolicy};
 use crate::stats::{Stats, StatsSnapshot};
+use crate::topics::TopicPolicy;
 
+pub(crate) use hooks::{HookEvent, HookQueue, run_hooks};
 pub(crate) use requests::Answer;
 pub(crate) use retry_window::RetryWindow;
 
@@ -30,6 +37,10 @@ pub(crate) struct Hub {
     pub(crate) handler: Option<Arc<dyn Handler>>,
     pub(crate) auth: Arc<dyn Authenticator>,
     pub(crate) verify: Option<Arc<dyn VerifyClient>>,
+    pub(crate) presence_policy: Arc<dyn PresencePolicy>,
+    pub(crate) topic_policy: Arc<dyn TopicPolicy>,
+    pub(crate) hooks: Option<Arc<dyn PresenceHooks>>,
+    pub(crate) hook_queue: Option<HookQueue>,
     pub(crate) retry_window: RetryWindow,
     pub(crate) stats: Stats,
     /// Cancelled when graceful shutdown starts.
@@ -52,6 +63,9 @@ pub(crate) struct HubParts {
     pub(crate) handler: Option<Arc<dyn Handler>>,
     pub(crate) auth: Arc<dyn Authenticator>,
     pub(crate) verify: Option<Arc<dyn VerifyClient>>,
+    pub(crate) presence_policy: Arc<dyn PresencePolicy>,
+    pub(crate) topic_policy: Arc<dyn TopicPolicy>,
+    pub(crate) hooks: Option<Arc<dyn PresenceHooks>>,
 }
 
 impl Hub {
@@ -71,6 +85,10 @@ impl Hub {
             handler: parts.handler,
             auth: parts.auth,
             verify: parts.verify,
+            presence_policy: parts.presence_policy,
+            topic_policy: parts.topic_policy,
+            hook_queue: parts.hooks.as_ref().map(|_| HookQueue::new()),
+            hooks: parts.hooks,
             retry_window,
             stats: Stats::new(),
             shutdown: CancellationToken::new(),

@@ -1,0 +1,263 @@
+//! Messaging requests — `broadcast`, `sendToUser`, `sendToServer`, `publish` —
+//! which go through the retry window: delivered or handled once per (user,
+//! message id), every retry answered with the first outcome.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures_util::FutureExt;
+use pubsub_protocol::server_frame::{
+    ErrorParts, encode_error, encode_message, encode_topic_message,
+};
+use pubsub_protocol::{ActionRef, ErrorCode, MessageId, Request, Sender, Topic, UserId, Via};
+use serde::Serialize;
+use serde::ser::SerializeMap;
+
+use super::Hub;
+use super::requests::Answer;
+use super::retry_window::{Begin, Ticket};
+use crate::connection::{ClientHandle, Frame};
+use crate::context::HandlerContext;
+use crate::engine::{EngineError, UserDelivery};
+use crate::handle::ServerHandle;
+
+/// `result` of `broadcast` and `publish` acks.
+#[derive(Serialize)]
+struct Delivered {
+    delivered: usize,
+}
+
+/// `result` of a `sendToUser` ack: recipients in request order.
+#[derive(Serialize)]
+struct RecipientsResult<'a> {
+    recipients: Recipients<'a>,
+}
+
+struct Recipients<'a>(&'a [UserId], &'a [UserDelivery]);
+
+impl Serialize for Recipients<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (user, delivery) in self.0.iter().zip(self.1) {
+            map.serialize_entry(user, delivery)?;
+        }
+        map.end()
+    }
+}
+
+/// How a request that may be retried ended: the frame, and whether a retry
+/// gets it again (true) or runs again (false: a retryable failure).
+type Outcome = (Frame, bool);
+
+impl Hub {
+    pub(super) async fn handle_messaging(
+        self: &Arc<Self>,
+        client: &Arc<ClientHandle>,
+        sender: &Sender,
+        request: Request<'_>,
+    ) -> Answer {
+        let ticket = match self.retry_window.begin(&sender.user, request.id()) {
+            Begin::New(ticket) => ticket,
+            Begin::Replay(frame) => {
+                self.stats.retries_replayed.fetch_add(1, Ordering::Relaxed);
+                return Answer::Now(frame);
+            }
+            Begin::Wait(first_attempt) => {
+                self.stats.retries_replayed.fetch_add(1, Ordering::Relaxed);
+                let hub = self.clone();
+                let id = request.id().clone();
+                return Answer::Later(Box::pin(async move {
+                    match first_attempt.await {
+                        Ok(frame) => frame,
+                        Err(_) => hub.error_frame(
+                            Some(&id),
+                            ErrorCode::Internal,
+                            "the first attempt with this id was abandoned; retry",
+                        ),
+                    }
+                }));
+            }
+        };
+        let outcome = match request {
+            Request::Broadcast { id, action } => self.route_broadcast(sender, &id, &action).await,
+            Request::SendToUser { id, to, action } => {
+                self.route_to_users(sender, &id, &to, &action).await
+            }
+            Request::Publish {
+                id,
+                topic,
+                action,
+                echo,
+            } => {
+                self.route_publish(client, sender, &id, &topic, &action, echo)
+                    .await
+            }
+            Request::SendToServer { id, action } => {
+                return self.call_handler(ticket, client, id, &action);
+            }
+            other => (
+                self.error_frame(
+                    Some(other.id()),
+                    ErrorCode::Internal,
+                    "not a messaging request",
+                ),
+                false,
+            ),
+        };
+        ticket.settle(&outcome.0, outcome.1);
+        Answer::Now(outcome.0)
+    }
+
+    /// An engine failure is retryable and therefore not remembered.
+    fn engine_failure(&self, id: &MessageId, e: &EngineError) -> Outcome {
+        (
+            self.error_frame(Some(id), ErrorCode::Internal, &e.to_string()),
+            false,
+        )
+    }
+
+    async fn route_broadcast(
+        &self,
+        sender: &Sender,
+        id: &MessageId,
+        action: &ActionRef<'_>,
+    ) -> Outcome {
+        let message = Frame::from(encode_message(
+            id,
+            Via::Broadcast,
+            Some(sender),
+            action.raw(),
+        ));
+        match self
+            .engine
+            .send_to_user(&sender.user, Some(&sender.client), &message)
+            .await
+        {
+            Ok(delivery) => {
+                self.count_deliveries(delivery.clients);
+                let result = Delivered {
+                    delivered: delivery.clients,
+                };
+                (self.ack_frame(id, &result), true)
+            }
+            Err(e) => self.engine_failure(id, &e),
+        }
+    }
+
+    async fn route_to_users(
+        &self,
+        sender: &Sender,
+        id: &MessageId,
+        to: &[UserId],
+        action: &ActionRef<'_>,
+    ) -> Outcome {
+        let message = Frame::from(encode_message(id, Via::User, Some(sender), action.raw()));
+        match self.engine.send_to_users(to, &message).await {
+            Ok(deliveries) => {
+                self.count_deliveries(deliveries.iter().map(|d| d.clients).sum());
+                let result = RecipientsResult {
+                    recipients: Recipients(to, &deliveries),
+                };
+                (self.ack_frame(id, &result), true)
+            }
+            Err(e) => self.engine_failure(id, &e),
+        }
+    }
+
+    async fn route_publish(
+        &self,
+        client: &ClientHandle,
+        sender: &Sender,
+        id: &MessageId,
+        topic: &Topic,
+        action: &ActionRef<'_>,
+        echo: bool,
+    ) -> Outcome {
+        if !self.topic_policy.may_publish(client.info(), topic).await {
+            let message = format!("not allowed to publish to {topic}");
+            return (
+                self.error_frame(Some(id), ErrorCode::Forbidden, &message),
+                true,
+            );
+        }
+        let message = Frame::from(encode_topic_message(
+            id,
+            Via::Topic,
+            Some(sender),
+            Some(topic),
+            action.raw(),
+        ));
+        let except = (!echo).then_some(&sender.client);
+        match self.engine.publish(topic, except, &message).await {
+            Ok(delivered) => {
+                self.count_topic_publish(delivered);
+                (self.ack_frame(id, &Delivered { delivered }), true)
+            }
+            Err(e) => self.engine_failure(id, &e),
+        }
+    }
+
+    fn call_handler(
+        self: &Arc<Self>,
+        ticket: Ticket,
+        client: &Arc<ClientHandle>,
+        id: MessageId,
+        action: &ActionRef<'_>,
+    ) -> Answer {
+        let Some(handler) = self.handler.clone() else {
+            let frame = self.error_frame(
+                Some(&id),
+                ErrorCode::NoHandler,
+                "this server has no handler for sendToServer",
+            );
+            ticket.settle(&frame, true);
+            return Answer::Now(frame);
+        };
+        let hub = self.clone();
+        let ctx = HandlerContext::new(
+            ServerHandle::new(self.clone()),
+            client.shared_info().clone(),
+            id.clone(),
+        );
+        let action = action.to_owned();
+        Answer::Later(Box::pin(async move {
+            let call = AssertUnwindSafe(handler.handle(ctx, action)).catch_unwind();
+            let (frame, remember) =
+                match tokio::time::timeout(hub.config.handler_timeout(), call).await {
+                    Ok(Ok(Ok(reply))) => (hub.ack_frame(&id, reply.as_raw()), true),
+                    Ok(Ok(Err(e))) => {
+                        hub.stats.error(ErrorCode::HandlerError);
+                        let data = e
+                            .data
+                            .as_ref()
+                            .and_then(|d| serde_json::value::to_raw_value(d).ok());
+                        let frame = Frame::from(encode_error(ErrorParts {
+                            id: Some(&id),
+                            code: ErrorCode::HandlerError,
+                            message: &e.message,
+                            retryable: e.retryable,
+                            data: data.as_deref(),
+                        }));
+                        (frame, !e.retryable)
+                    }
+                    Ok(Err(_panic)) => {
+                        tracing::error!(message_id = %id, "handler panicked");
+                        let frame =
+                            hub.error_frame(Some(&id), ErrorCode::Internal, "the handler failed");
+                        (frame, false)
+                    }
+                    Err(_elapsed) => {
+                        let message = format!(
+                            "the handler did not answer within {} ms",
+                            hub.config.handler_timeout_ms
+                        );
+                        let frame = hub.error_frame(Some(&id), ErrorCode::HandlerTimeout, &message);
+                        (frame, false)
+                    }
+                };
+            ticket.settle(&frame, remember);
+            frame
+        }))
+    }
+}
