@@ -8,6 +8,10 @@
 //   timer turns it inactive if the user really went elsewhere.
 // - Focus counts as input and is reported even when the tab was already active, so the tab
 //   the user just switched to becomes the user's `activeClient`.
+// - Nothing is reported between `pagehide` and `pageshow`. Browsers mark a page hidden while
+//   unloading it (pagehide → visibilitychange → unload, seen in Chromium); reporting that
+//   would show the user AWAY during every reload, and ONLINE → AWAY → OFFLINE when the last
+//   tab closes. The socket closing says all there is to say.
 
 const INPUT_EVENTS = ['pointerdown', 'pointermove', 'keydown', 'wheel', 'touchstart', 'scroll'];
 
@@ -30,6 +34,7 @@ export function trackActivity(idleMs: number, onReport: (active: boolean) => voi
   let lastInput = Date.now();
   let idle = false;
   let forced: boolean | undefined;
+  let leaving = false;
   let reported = computed();
   let timer: ReturnType<typeof setTimeout> | undefined;
 
@@ -38,6 +43,7 @@ export function trackActivity(idleMs: number, onReport: (active: boolean) => voi
   }
 
   function update(claim?: boolean): void {
+    if (leaving) return;
     const now = computed();
     if (now != reported || (claim && now)) onReport((reported = now));
   }
@@ -70,6 +76,11 @@ export function trackActivity(idleMs: number, onReport: (active: boolean) => voi
     update(true);
   };
 
+  const onPage = (event: Event): void => {
+    leaving = event.type == 'pagehide';
+    update();
+  };
+
   const onVisibility = (): void => {
     // Coming back to a tab is a sign of the user: do not report it idle from before it was hidden.
     if (doc!.visibilityState != 'hidden') input();
@@ -87,6 +98,8 @@ export function trackActivity(idleMs: number, onReport: (active: boolean) => voi
       if (!doc) return;
       for (const type of INPUT_EVENTS) addEventListener(type, input, { capture: true, passive: true });
       addEventListener('focus', onFocus);
+      addEventListener('pagehide', onPage);
+      addEventListener('pageshow', onPage);
       doc.addEventListener('visibilitychange', onVisibility);
     },
     stop() {
@@ -94,6 +107,8 @@ export function trackActivity(idleMs: number, onReport: (active: boolean) => voi
       if (!doc) return;
       for (const type of INPUT_EVENTS) removeEventListener(type, input, { capture: true });
       removeEventListener('focus', onFocus);
+      removeEventListener('pagehide', onPage);
+      removeEventListener('pageshow', onPage);
       doc.removeEventListener('visibilitychange', onVisibility);
     },
   };

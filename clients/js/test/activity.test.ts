@@ -74,6 +74,16 @@ describe('activity', () => {
     ]);
   });
 
+  it('the hide that comes with unloading the page is not reported (no AWAY flash on reload)', async () => {
+    const { ws } = await connected({ trackActivity: true });
+    win.dispatchEvent(new Event('pagehide'));
+    setVisibility('hidden');
+    expect(activityFrames(ws)).toEqual([]);
+    // Restored from the back/forward cache: reporting resumes with the state as it is now.
+    win.dispatchEvent(new Event('pageshow'));
+    expect(activityFrames(ws)).toEqual([{ kind: 'activity', active: false }]);
+  });
+
   it('idleTimeout: 0 never goes idle', async () => {
     const { ws } = await connected({ trackActivity: true, idleTimeout: 0 });
     await tick(3_600_000);
