@@ -1,0 +1,644 @@
+#!/usr/bin/env python3
+"""bench/run: starts each server under test pinned to one core, drives it with
+pubsub-bench pinned to another, prints a table per workload, writes the results
+as JSON and renders SVG charts. Standard library only.
+
+Targets: pubsub (this repo), echo (bare tokio-tungstenite echo, 4 KiB read
+buffer), echo128k (same, tungstenite's default 128 KiB read buffer), ws (node
+`ws`), socketio (socket.io), nats (nats-server WebSocket), centrifuge
+(Centrifuge 0.15). Peers that cannot be installed are skipped with a message.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import svg  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "bench"
+PEERS = BENCH / "peers"
+BUILD = BENCH / ".build"  # peer build outputs (gitignored)
+
+ALL_TARGETS = ["pubsub", "echo", "ws", "socketio", "nats", "centrifuge"]
+# What each target can run.
+SUPPORTS = {
+    "rpc": {"pubsub", "echo", "ws", "socketio", "nats", "centrifuge"},
+    "idle": {"pubsub", "echo", "echo128k", "ws", "socketio", "nats", "centrifuge"},
+    "fanout": {"pubsub", "ws", "socketio", "nats", "centrifuge"},
+    "dm": {"pubsub", "ws", "socketio", "nats", "centrifuge"},
+    "presence-churn": {"pubsub"},
+    "slow-consumer": {"pubsub"},
+}
+GEN_TARGET = {"echo128k": "echo"}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_avg():
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return -1.0
+
+
+# ---------------------------------------------------------------- building
+
+
+class Env:
+    def __init__(self, args):
+        self.args = args
+        self.target_dir = Path(args.target_dir or os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+        self.profile = args.profile
+        self.bin_dir = self.target_dir / ("release" if self.profile == "release" else "debug")
+        self.skipped = {}
+        self.server_core = args.server_core
+        self.gen_core = args.gen_core
+        self.taskset = shutil.which("taskset")
+        if not self.taskset:
+            log("warning: taskset not found; server and generator are not pinned")
+
+    def pin(self, core, cmd):
+        if self.taskset and core is not None and core != "":
+            return [self.taskset, "-c", str(core)] + cmd
+        return cmd
+
+    def build_rust(self):
+        if self.args.no_build:
+            return
+        cmd = ["cargo", "build", "-p", "pubsub-cli", "-p", "pubsub-bench"]
+        if self.profile == "release":
+            cmd.append("--release")
+        env = dict(os.environ, CARGO_TARGET_DIR=str(self.target_dir))
+        log(f"$ {' '.join(cmd)}   (CARGO_TARGET_DIR={self.target_dir})")
+        t = time.time()
+        subprocess.run(cmd, cwd=REPO, env=env, check=True)
+        log(f"built in {time.time() - t:.0f}s")
+
+    def ensure(self, target):
+        """Installs/builds what `target` needs; False (with a message) if it can't."""
+        if target in self.skipped:
+            return False
+        try:
+            if target in ("ws", "socketio"):
+                self._ensure_node()
+            elif target == "nats":
+                self._ensure_nats()
+            elif target == "centrifuge":
+                self._ensure_centrifuge()
+            return True
+        except Exception as e:  # noqa: BLE001
+            self.skipped[target] = str(e)
+            log(f"SKIP {target}: {e}")
+            return False
+
+    def _ensure_node(self):
+        d = PEERS / "node"
+        if (d / "node_modules" / "ws").is_dir() and (d / "node_modules" / "socket.io").is_dir():
+            return
+        if not shutil.which("npm"):
+            raise RuntimeError("npm is not installed (apt-get install nodejs npm)")
+        log("$ npm ci (bench/peers/node)")
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=d, check=True)
+
+    def _apt(self, *pkgs):
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            raise RuntimeError(f"cannot install {' '.join(pkgs)}: need root and apt-get")
+        log(f"$ apt-get install {' '.join(pkgs)}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        r = subprocess.run(["apt-get", "install", "-y", "-qq", *pkgs], env=env)
+        if r.returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], env=env)
+            subprocess.run(["apt-get", "install", "-y", "-qq", *pkgs], env=env, check=True)
+
+    def _ensure_nats(self):
+        if not shutil.which("nats-server"):
+            self._apt("nats-server")
+        if not shutil.which("nats-server"):
+            raise RuntimeError("nats-server not available")
+
+    def centrifuge_bin(self):
+        return BUILD / "centrifuge-peer"
+
+    def _ensure_centrifuge(self):
+        src = PEERS / "centrifuge" / "main.go"
+        out = self.centrifuge_bin()
+        if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+            return
+        lib = Path("/usr/share/gocode/src/github.com/centrifugal/centrifuge")
+        if not shutil.which("go") or not lib.is_dir():
+            self._apt(
+                "golang-go",
+                "golang-github-centrifugal-centrifuge-dev",
+                "golang-github-centrifugal-protocol-dev",
+                "golang-github-fzambia-eagle-dev",
+                "golang-github-igm-sockjs-go-dev",
+                "golang-github-mna-redisc-dev",
+            )
+        gopath = BUILD / "gopath"
+        pkg = gopath / "src" / "benchpeer"
+        pkg.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, pkg / "main.go")
+        env = dict(os.environ, GO111MODULE="off", GOPATH=f"{gopath}:/usr/share/gocode", GOFLAGS="",
+                   GOCACHE=str(BUILD / "gocache"))
+        log("$ go build (Centrifuge 0.15 peer, GO111MODULE=off)")
+        subprocess.run(["go", "build", "-o", str(out), "."], cwd=pkg, env=env, check=True)
+
+
+# ---------------------------------------------------------------- servers
+
+
+def port_open(port, host="127.0.0.1"):
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, env, target, workload, extra_env=None):
+        self.env = env
+        self.target = target
+        self.port = free_port()
+        self.tmp = tempfile.mkdtemp(prefix=f"bench-{target}-")
+        self.logf = open(os.path.join(self.tmp, "server.log"), "w")
+        penv = dict(os.environ)
+        cmd = None
+        if target == "pubsub":
+            cmd = [str(env.bin_dir / "pubsub"), "serve", "--auth", "dev", "--handler", "echo",
+                   "--port", str(self.port), "--log", "warn"]
+            penv["PUBSUB_SERVER__MAX_REQUESTS_PER_SEC"] = "0"
+            penv.update(extra_env or {})
+        elif target in ("echo", "echo128k"):
+            rb = "131072" if target == "echo128k" else "4096"
+            cmd = [str(env.bin_dir / "echo-floor"), "--port", str(self.port), "--read-buffer", rb]
+        elif target == "ws":
+            cmd = ["node", str(PEERS / "node" / "ws-server.js")]
+            penv["PORT"] = str(self.port)
+        elif target == "socketio":
+            cmd = ["node", str(PEERS / "node" / "socketio-server.js")]
+            penv["PORT"] = str(self.port)
+        elif target == "nats":
+            conf = (PEERS / "nats" / "nats-server.conf.in").read_text()
+            conf = (conf.replace("@CLIENT_PORT@", str(free_port()))
+                    .replace("@MONITOR_PORT@", str(free_port()))
+                    .replace("@WS_PORT@", str(self.port)))
+            cpath = os.path.join(self.tmp, "nats.conf")
+            Path(cpath).write_text(conf)
+            cmd = ["nats-server", "-c", cpath]
+        elif target == "centrifuge":
+            cmd = [str(env.centrifuge_bin()), "-addr", f"0.0.0.0:{self.port}"]
+        else:
+            raise ValueError(target)
+        self.proc = subprocess.Popen(env.pin(env.server_core, cmd), stdout=self.logf, stderr=subprocess.STDOUT,
+                                     env=penv, start_new_session=True)
+        deadline = time.time() + 30
+        while not port_open(self.port):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{target} server exited: {self.log_tail()}")
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"{target} server did not start listening on {self.port}")
+            time.sleep(0.05)
+        time.sleep(0.3)
+
+    @property
+    def pid(self):
+        # taskset execs the server, so the pid is the server's.
+        return self.proc.pid
+
+    def log_tail(self):
+        try:
+            self.logf.flush()
+            return Path(self.tmp, "server.log").read_text()[-2000:]
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.logf.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- running
+
+
+def gen_args(workload, p):
+    """pubsub-bench arguments for one run."""
+    a = [workload]
+    for k, v in p.items():
+        if v is None or v is False:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            a.append(flag)
+        else:
+            a += [flag, str(v)]
+    return a
+
+
+def run_one(env, workload, target, params, server_env=None):
+    """Starts the server, runs the generator, returns the result dict (or an error dict)."""
+    t0 = time.time()
+    load = load_avg()
+    srv = Server(env, target, workload, server_env)
+    try:
+        gargs = gen_args(workload, params) + ["--target", GEN_TARGET.get(target, target), "--port", str(srv.port),
+                                               "--server-pid", str(srv.pid)]
+        cmd = env.pin(env.gen_core, [str(env.bin_dir / "pubsub-bench")] + gargs)
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           timeout=60 + 4 * float(params.get("duration", 10)) + 600)
+        if r.returncode != 0 or not r.stdout.strip():
+            err = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            return {"workload": workload, "target": target, "error": err, "params": params}
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        if srv.proc.poll() is not None:
+            res["error"] = f"server exited during the run: {srv.log_tail()[-300:]}"
+    except subprocess.TimeoutExpired:
+        return {"workload": workload, "target": target, "error": "generator timed out", "params": params}
+    finally:
+        srv.stop()
+    res["target"] = target
+    res["load_avg_before"] = load
+    res["load_avg_after"] = load_avg()
+    res["wall_s"] = round(time.time() - t0, 1)
+    res["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    res["sweep"] = params
+    return res
+
+
+# ---------------------------------------------------------------- tables
+
+
+def ms(v):
+    return f"{v:.2f}" if v < 10 else f"{v:.0f}"
+
+
+def kfmt(v):
+    if v is None:
+        return "-"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f}M"
+    if v >= 1e3:
+        return f"{v / 1e3:.1f}k"
+    return f"{v:.0f}"
+
+
+def srv(r, k):
+    s = r.get("server") or {}
+    return s.get(k)
+
+
+def pct(v):
+    return "-" if v is None else f"{v:.0f}%"
+
+
+def table(headers, rows):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
+    out = ["| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |",
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+    return "\n".join(out)
+
+
+def row_for(workload, r):
+    t = r["target"]
+    if r.get("error"):
+        return None
+    lat = r.get("latency") or {}
+    if workload == "rpc":
+        return [t, r["params"]["rpc"]["conns"], kfmt(r["received_per_s"]), ms(lat["p50_ms"]), ms(lat["p99_ms"]),
+                ms(lat["p999_ms"]), ms(lat["max_ms"]), pct(srv(r, "cpu_pct")), pct(r["gen_cpu_pct"]),
+                f'{srv(r, "rss_max_kib") / 1024:.0f}' if srv(r, "rss_max_kib") else "-"]
+    if workload == "idle":
+        per = srv(r, "rss_per_conn_bytes")
+        return [t, r["conns"], f"{per / 1024:.1f}" if per is not None else "-",
+                f'{(srv(r, "rss_after_idle_kib") or 0) / 1024:.0f}', f'{r["connect_wall_s"]:.2f}',
+                ms(r["connect"]["p50_ms"]), ms(r["connect"]["p99_ms"]), pct(srv(r, "idle_cpu_pct")),
+                r["connect_failed"]]
+    if workload in ("fanout", "dm"):
+        keeps = "yes" if keeps_up(r) else "no"
+        first = [t, r["conns"], kfmt(r["offered_per_s"])]
+        return first + [kfmt(r["received_per_s"]), f'{r["loss_pct"]:.2f}%', ms(lat["p50_ms"]), ms(lat["p99_ms"]),
+                        ms(lat["max_ms"]), pct(srv(r, "cpu_pct")), pct(r["gen_cpu_pct"]), keeps]
+    if workload == "presence-churn":
+        b = r.get("latency_b") or {}
+        s = r.get("server") or {}
+        return [t, r["params"]["presence-churn"]["held"], r["params"]["presence-churn"]["churn"],
+                kfmt(r["received_per_s"]), f'{r["loss_pct"]:.2f}%', ms(lat["p50_ms"]), ms(lat["p99_ms"]),
+                ms(b.get("p50_ms", 0)), ms(b.get("p99_ms", 0)), ms(b.get("max_ms", 0)),
+                f'{(s.get("rss_first_half_avg_kib") or 0) / 1024:.1f}', f'{(s.get("rss_second_half_avg_kib") or 0) / 1024:.1f}',
+                f'{drift_mib_per_min(r):+.2f}']
+    if workload == "slow-consumer":
+        b = r.get("latency_b") or {}
+        s = r.get("server") or {}
+        st = (r.get("server_stats") or {}).get("connections", {})
+        ex = r.get("extra") or {}
+        return [t, r["params"]["slow-consumer"]["subs"], kfmt(r["offered_per_s"]), f'{r["loss_pct"]:.2f}%',
+                ms(lat["p99_ms"]), ms(b.get("p99_ms", 0)), f'{(s.get("rss_start_kib") or 0) / 1024:.0f}',
+                f'{(s.get("rss_max_kib") or 0) / 1024:.0f}', str(ex.get("slow_closed_by_server", "-")),
+                st.get("slowConsumer", "-")]
+    return None
+
+
+HEADERS = {
+    "rpc": ["target", "conns", "round trips/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "server CPU", "gen CPU", "server MiB"],
+    "idle": ["target", "conns", "server KiB/conn", "server MiB", "connect s", "connect p50 ms", "connect p99 ms",
+             "idle CPU", "failed"],
+    "fanout": ["target", "conns", "offered/s", "delivered/s", "loss", "p50 ms", "p99 ms", "max ms", "server CPU",
+               "gen CPU", "keeps up"],
+    "dm": ["target", "conns", "offered deliveries/s", "delivered/s", "loss", "p50 ms", "p99 ms", "max ms",
+           "server CPU", "gen CPU", "keeps up"],
+    "presence-churn": ["target", "held", "connects/s", "events/s", "lost", "ONLINE p50 ms", "ONLINE p99 ms",
+                       "OFFLINE p50 ms", "OFFLINE p99 ms", "OFFLINE max ms", "RSS 1st half MiB", "RSS 2nd half MiB",
+                       "drift MiB/min"],
+    "slow-consumer": ["target", "subs", "offered/s", "loss (others)", "others p99 before ms", "others p99 after ms",
+                      "RSS start MiB", "RSS max MiB", "slow client closed", "slowConsumer count"],
+}
+
+
+def keeps_up(r):
+    """Sustained: ≥ 99% delivered within the drain period and p99 under 1 s
+    (a saturated server shows a backlog growing to seconds)."""
+    return r["loss_pct"] <= 1.0 and r["latency"]["p99_ms"] < 1000 and r["received"] > 0
+
+
+def drift_mib_per_min(r):
+    s = (r.get("server") or {}).get("samples") or []
+    dur = r.get("window_s", 0)
+    pts = [(t, k) for t, k in s if 0 <= t <= dur]
+    if len(pts) < 4:
+        return 0.0
+    n = len(pts)
+    mx = sum(t for t, _ in pts) / n
+    my = sum(k for _, k in pts) / n
+    den = sum((t - mx) ** 2 for t, _ in pts) or 1
+    slope = sum((t - mx) * (k - my) for t, k in pts) / den  # KiB/s
+    return slope * 60 / 1024
+
+
+def print_table(workload, results):
+    rows = [row_for(workload, r) for r in results]
+    rows = [r for r in rows if r]
+    print(f"\n## {workload}\n")
+    print(table(HEADERS[workload], rows))
+    for r in results:
+        if r.get("error"):
+            print(f"  {r['target']}: FAILED: {r['error']}")
+        elif r.get("connect_failed"):
+            print(f"  {r['target']}: {r['connect_failed']} connections failed: {r.get('first_error')}")
+        elif r.get("first_error"):
+            print(f"  {r['target']}: first error: {r.get('first_error')}")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- results
+
+
+def key(r):
+    sw = r.get("sweep") or {}
+    return (r["target"], json.dumps(sw, sort_keys=True))
+
+
+def save(out_dir, workload, results, fresh):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{workload}.json"
+    old = []
+    if path.exists() and not fresh:
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = []
+    new_keys = {key(r) for r in results}
+    merged = [r for r in old if key(r) not in new_keys] + results
+    path.write_text(json.dumps(merged, indent=1))
+    charts(out_dir, workload, merged)
+    return merged
+
+
+def charts(out_dir, workload, results):
+    ok = [r for r in results if not r.get("error")]
+    if not ok:
+        return
+    targets = []
+    for r in ok:
+        if r["target"] not in targets:
+            targets.append(r["target"])
+    if workload == "rpc":
+        groups = sorted({r["params"]["rpc"]["conns"] for r in ok})
+        vals = {(r["params"]["rpc"]["conns"], r["target"]): r["received_per_s"] for r in ok if not r["sweep"].get("rate")}
+        labels = {(r["params"]["rpc"]["conns"], r["target"]): f'p99 {ms(r["latency"]["p99_ms"])}' for r in ok}
+        (out_dir / "rpc.svg").write_text(svg.bars("rpc: request/response round trips per second (server on 1 core)",
+                                                  "round trips/s", "connections", groups, targets, vals, labels,
+                                                  note="labels: p99 latency in ms"))
+    elif workload == "idle":
+        per = {t: [(r["conns"], (srv(r, "rss_per_conn_bytes") or 0) / 1024) for r in ok if r["target"] == t] for t in targets}
+        (out_dir / "idle-memory.svg").write_text(svg.lines("idle: server memory per connection (users with 3 tabs)",
+                                                           "KiB per connection", "connections", per))
+        tot = {t: [(r["conns"], (srv(r, "rss_after_idle_kib") or 0) / 1024) for r in ok if r["target"] == t] for t in targets}
+        (out_dir / "idle-rss.svg").write_text(svg.lines("idle: server RSS vs connections", "MiB", "connections", tot))
+        ct = {t: [(r["conns"], r["connect_wall_s"]) for r in ok if r["target"] == t] for t in targets}
+        (out_dir / "idle-connect.svg").write_text(svg.lines("idle: time to connect all clients", "seconds",
+                                                            "connections", ct))
+        cpu = {t: [(r["conns"], srv(r, "idle_cpu_pct") or 0) for r in ok if r["target"] == t] for t in targets}
+        (out_dir / "idle-cpu.svg").write_text(svg.lines("idle: server CPU while idle (heartbeats etc.)", "% of a core",
+                                                        "connections", cpu))
+    elif workload in ("fanout", "dm"):
+        d = {t: [(r["offered_per_s"], r["received_per_s"]) for r in ok if r["target"] == t] for t in targets}
+        (out_dir / f"{workload}-throughput.svg").write_text(svg.lines(f"{workload}: delivered vs offered deliveries/s",
+                                                                      "delivered/s", "offered/s", d))
+        p = {t: [(r["offered_per_s"], max(r["latency"]["p99_ms"], 0.01)) for r in ok if r["target"] == t and r["received"]]
+             for t in targets}
+        (out_dir / f"{workload}-p99.svg").write_text(svg.lines(f"{workload}: p99 latency vs offered deliveries/s",
+                                                               "p99 ms (log)", "offered/s", p, log_y=True))
+    elif workload in ("presence-churn", "slow-consumer"):
+        s = {f'{r["target"]}': [(t, k / 1024) for t, k in (r.get("server") or {}).get("samples", [])] for r in ok[-1:]}
+        title = "presence-churn: server RSS over the run" if workload == "presence-churn" else \
+            "slow-consumer: server RSS (one client stops reading at the midpoint)"
+        (out_dir / f"{workload}-rss.svg").write_text(svg.lines(title, "MiB", "seconds since the window start", s))
+
+
+# ---------------------------------------------------------------- workloads
+
+
+def sweep(env, workload, targets, param_sets, server_env=None):
+    results = []
+    for target in targets:
+        if target not in SUPPORTS[workload]:
+            log(f"skip {target}: no {workload} workload for it")
+            continue
+        if target not in ("pubsub", "echo", "echo128k") and not env.ensure(target):
+            continue
+        for p in param_sets:
+            log(f"[{time.strftime('%H:%M:%S')}] {workload} {target} {p}  (load avg {load_avg():.2f})")
+            r = run_one(env, workload, target, p, server_env)
+            if r.get("error"):
+                log(f"  -> FAILED: {r['error']}")
+            results.append(r)
+            time.sleep(env.args.pause)
+    return results
+
+
+def csv(v, typ=float):
+    return [typ(x) for x in str(v).split(",") if x]
+
+
+def do_workload(env, args, workload, quiet=False):
+    d = args.duration
+    targets = csv(args.targets, str) if args.targets else None
+    server_env = {}
+    if workload == "rpc":
+        targets = targets or ALL_TARGETS
+        ps = [{"conns": int(c), "duration": d, "inflight": args.inflight, "rate": args.rate or None}
+              for c in csv(args.conns or "100,2000", int)]
+    elif workload == "idle":
+        targets = targets or ALL_TARGETS + ["echo128k"]
+        ps = [{"conns": int(c), "tabs": 3, "idle": args.idle, "duration": 0.1, "warmup": 0, "drain": 0}
+              for c in csv(args.conns or "1000,10000,19000", int)]
+    elif workload == "fanout":
+        targets = targets or ["pubsub", "nats", "ws", "socketio", "centrifuge"]
+        ps = [{"subs": args.subs or 10000, "rate": r, "duration": d, "pad": args.pad or None,
+               "broadcast": args.broadcast} for r in csv(args.rate or "100000,200000,400000,600000")]
+    elif workload == "dm":
+        targets = targets or ["pubsub", "ws", "socketio", "nats", "centrifuge"]
+        ps = [{"users": args.users or 3000, "tabs": 3, "rate": r, "duration": d, "single": args.single}
+              for r in csv(args.rate or "2,5,10,20")]
+    elif workload == "presence-churn":
+        targets = targets or ["pubsub"]
+        ps = [{"held": args.held or 10000, "churn": args.churn or 200, "duration": d, "grace-ms": 5000}]
+    elif workload == "slow-consumer":
+        targets = targets or ["pubsub"]
+        ps = [{"subs": args.subs or 1000, "rate": (args.rate and csv(args.rate)[0]) or 50000, "duration": d,
+               "pad": args.pad or 512, "broadcast": args.broadcast}]
+        server_env["PUBSUB_SERVER__MAX_OUTBOUND_BYTES"] = str(args.max_outbound_bytes)
+    else:
+        raise SystemExit(f"unknown workload {workload}")
+    results = sweep(env, workload, targets, ps, server_env)
+    print_table(workload, results)
+    if not args.no_save:
+        save(Path(args.out), workload, results, args.fresh)
+    return results
+
+
+# ---------------------------------------------------------------- smoke
+
+
+SMOKE = {
+    "rpc": {"conns": 20, "duration": 1.5, "warmup": 0.3, "drain": 1},
+    "idle": {"conns": 300, "tabs": 3, "idle": 1, "duration": 0.1, "warmup": 0, "drain": 0},
+    "fanout": {"subs": 300, "rate": 30000, "duration": 1.5, "warmup": 0.3, "drain": 1},
+    "dm": {"users": 100, "tabs": 3, "rate": 5, "duration": 1.5, "warmup": 0.3, "drain": 1},
+    "presence-churn": {"held": 300, "churn": 20, "hold": 1, "off": 2, "grace-ms": 500, "duration": 3,
+                       "warmup": 0.5, "drain": 1},
+    "slow-consumer": {"subs": 100, "rate": 10000, "pad": 512, "duration": 2, "warmup": 0.3, "drain": 1},
+}
+
+
+def smoke(env, args):
+    failed, skipped = [], []
+    t0 = time.time()
+    for workload, p in SMOKE.items():
+        server_env = {"PUBSUB_SERVER__PRESENCE_GRACE_MS": "500"}
+        if workload == "slow-consumer":
+            server_env["PUBSUB_SERVER__MAX_OUTBOUND_BYTES"] = "262144"
+        r = run_one(env, workload, "pubsub", dict(p), server_env)
+        if r.get("error"):
+            err = r["error"]
+            if "unknown_kind" in err or '"code":1001' in err:
+                skipped.append(workload)
+                print(f"SKIP {workload}: the server does not implement it yet ({err[:160]})")
+            else:
+                failed.append(workload)
+                print(f"FAIL {workload}: {err}")
+            continue
+        print_table(workload, [r])
+        ok_delivery = r["received"] > 0 or workload == "idle"
+        ok_conns = r["conns"] > 0 and r["connect_failed"] == 0
+        if not ok_delivery or not ok_conns:
+            failed.append(workload)
+            print(f"FAIL {workload}: received {r['received']}, connected {r['conns']}, failed {r['connect_failed']} "
+                  f"({r.get('first_error')})")
+    n = len(SMOKE)
+    print(f"\nsmoke: {n - len(failed) - len(skipped)} passed, {len(failed)} failed, {len(skipped)} skipped "
+          f"in {time.time() - t0:.0f}s")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("workload", choices=["rpc", "idle", "fanout", "dm", "presence-churn", "slow-consumer", "all", "smoke"])
+    ap.add_argument("--targets", help="comma-separated: pubsub,echo,echo128k,ws,socketio,nats,centrifuge")
+    ap.add_argument("--conns", help="rpc/idle: comma-separated connection counts")
+    ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    ap.add_argument("--inflight", type=int, default=1)
+    ap.add_argument("--rate", help="rpc: total req/s (open loop); fanout/slow-consumer: offered deliveries/s "
+                                   "(comma list); dm: sends/s per user (comma list)")
+    ap.add_argument("--idle", type=float, default=10.0, help="idle: seconds idle while measuring CPU")
+    ap.add_argument("--subs", type=int)
+    ap.add_argument("--pad", type=int)
+    ap.add_argument("--broadcast", action="store_true", help="PubSub fan-out via broadcast to one user's tabs")
+    ap.add_argument("--users", type=int)
+    ap.add_argument("--single", action="store_true", help="dm: PubSub single sendToUser naming both users")
+    ap.add_argument("--held", type=int)
+    ap.add_argument("--churn", type=float)
+    ap.add_argument("--max-outbound-bytes", type=int, default=262144, help="slow-consumer: PubSub's outbound budget")
+    ap.add_argument("--out", help="results directory [bench/results; docs/bench for `all`]")
+    ap.add_argument("--fresh", action="store_true", help="replace the workload's JSON instead of merging")
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--profile", choices=["release", "debug"], help="cargo profile [release; debug for smoke]")
+    ap.add_argument("--target-dir", help="cargo target dir [$CARGO_TARGET_DIR or ./target]")
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--server-core", default="0")
+    ap.add_argument("--gen-core", default="1")
+    ap.add_argument("--pause", type=float, default=1.0, help="seconds between runs")
+    args = ap.parse_args()
+    if args.profile is None:
+        args.profile = "debug" if args.workload == "smoke" else "release"
+    if args.out is None:
+        args.out = str(REPO / "docs" / "bench") if args.workload == "all" else str(BENCH / "results")
+    env = Env(args)
+    env.build_rust()
+    log(f"machine: {os.cpu_count()} cores, load avg {load_avg():.2f}; server on core {args.server_core}, "
+        f"generator on core {args.gen_core}")
+    if args.workload == "smoke":
+        sys.exit(smoke(env, args))
+    if args.workload == "all":
+        for w in ["rpc", "idle", "dm", "fanout", "presence-churn", "slow-consumer"]:
+            a = argparse.Namespace(**vars(args))
+            if w == "presence-churn":
+                a.duration = max(args.duration, 120.0)
+            if w == "slow-consumer":
+                a.duration = max(args.duration, 30.0)
+            do_workload(env, a, w)
+        return
+    do_workload(env, args, args.workload)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+//! Per-process counters and latency histograms. Each generator process runs
+//! one thread, so these are plain thread-locals.
+//!
+//! The measurement window is defined by the send timestamps carried in the
+//! messages: a send counts if it happened inside [start, end), and a received
+//! message counts (and is recorded) if its embedded timestamp is inside the
+//! window, whenever it arrives before the drain period ends. So loss is exact:
+//! every counted send is either received, or lost/late.
+
+use std::cell::{Cell, RefCell};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+pub fn new_hist() -> Histogram<u64> {
+    // 1 µs .. 10 min, 3 significant figures.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+pub struct Stats {
+    pub sent: u64,
+    pub received: u64,
+    pub errors: u64,
+    pub hist: Histogram<u64>,
+    /// Second histogram for workloads with two phases (slow-consumer) or two
+    /// event kinds (presence OFFLINE events).
+    pub hist_b: Histogram<u64>,
+    pub connect_hist: Histogram<u64>,
+    pub connect_failed: u64,
+    pub closed_early: u64,
+    pub first_error: Option<String>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            sent: 0,
+            received: 0,
+            errors: 0,
+            hist: new_hist(),
+            hist_b: new_hist(),
+            connect_hist: new_hist(),
+            connect_failed: 0,
+            closed_early: 0,
+            first_error: None,
+        }
+    }
+}
+
+thread_local! {
+    pub static STATS: RefCell<Stats> = RefCell::new(Stats::default());
+    static WINDOW: Cell<(u64, u64)> = const { Cell::new((u64::MAX, u64::MAX)) };
+    /// Messages whose timestamp is at or after this go to `hist_b`.
+    static SPLIT: Cell<u64> = const { Cell::new(u64::MAX) };
+}
+
+pub fn set_window(start: u64, end: u64) {
+    WINDOW.with(|w| w.set((start, end)));
+}
+
+pub fn window() -> (u64, u64) {
+    WINDOW.with(|w| w.get())
+}
+
+pub fn set_split(at: u64) {
+    SPLIT.with(|s| s.set(at));
+}
+
+pub fn in_window(ts: u64) -> bool {
+    let (s, e) = window();
+    ts >= s && ts < e
+}
+
+pub fn count_sent(ts: u64, n: u64) {
+    if in_window(ts) {
+        STATS.with(|s| s.borrow_mut().sent += n);
+    }
+}
+
+pub fn error(msg: impl FnOnce() -> String) {
+    STATS.with(|s| {
+        let mut s = s.borrow_mut();
+        s.errors += 1;
+        if s.first_error.is_none() {
+            s.first_error = Some(msg());
+        }
+    });
+}
+
+pub fn record_connect(us: u64) {
+    STATS.with(|s| {
+        let _ = s.borrow_mut().connect_hist.record(us.max(1));
+    });
+}
+
+pub fn connect_failed(msg: String) {
+    STATS.with(|s| {
+        let mut s = s.borrow_mut();
+        s.connect_failed += 1;
+        if s.first_error.is_none() {
+            s.first_error = Some(msg);
+        }
+    });
+}
+
+static TS_KEY: &[u8] = b"\"t\":";
+
+/// Finds every `"t":<digits>` in a received payload, counts it as one
+/// delivery and records its latency. Returns how many were found (counted or
+/// not). This is the whole receive path: no JSON parsing.
+pub fn scan_deliveries(payload: &[u8], now: u64) -> usize {
+    let finder = memchr::memmem::find_iter(payload, TS_KEY);
+    let mut found = 0;
+    let split = SPLIT.with(|s| s.get());
+    STATS.with(|s| {
+        let mut s = s.borrow_mut();
+        for at in finder {
+            found += 1;
+            let mut ts = 0u64;
+            for &b in &payload[at + TS_KEY.len()..] {
+                if b.is_ascii_digit() {
+                    ts = ts * 10 + (b - b'0') as u64;
+                } else {
+                    break;
+                }
+            }
+            if in_window(ts) {
+                s.received += 1;
+                let lat = now.saturating_sub(ts).max(1);
+                if ts >= split {
+                    let _ = s.hist_b.record(lat);
+                } else {
+                    let _ = s.hist.record(lat);
+                }
+            }
+        }
+    });
+    found
+}
+
+pub fn record_latency(lat_us: u64, second: bool) {
+    STATS.with(|s| {
+        let mut s = s.borrow_mut();
+        s.received += 1;
+        let h = if second { &mut s.hist_b } else { &mut s.hist };
+        let _ = h.record(lat_us.max(1));
+    });
+}
+
+/// A histogram as (value, count) pairs of its non-empty buckets: mergeable
+/// across processes without the serialization feature.
+#[derive(Serialize, Deserialize, Default, Clone)]
+pub struct Buckets(pub Vec<(u64, u64)>);
+
+impl Buckets {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        Buckets(
+            h.iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
+        )
+    }
+
+    pub fn add_to(&self, h: &mut Histogram<u64>) {
+        for &(v, c) in &self.0 {
+            let _ = h.record_n(v.max(1), c);
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Default, Clone)]
+pub struct Summary {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+pub fn summarize(h: &Histogram<u64>) -> Summary {
+    if h.is_empty() {
+        return Summary::default();
+    }
+    let ms = |v: u64| v as f64 / 1000.0;
+    Summary {
+        count: h.len(),
+        p50_ms: ms(h.value_at_quantile(0.50)),
+        p90_ms: ms(h.value_at_quantile(0.90)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        p999_ms: ms(h.value_at_quantile(0.999)),
+        max_ms: ms(h.max()),
+        mean_ms: h.mean() / 1000.0,
+    }
+}
+
+/// What one generator process reports to the parent.
+#[derive(Serialize, Deserialize, Default, Clone)]
+pub struct ChildResult {
+    pub conns: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub errors: u64,
+    pub connect_failed: u64,
+    pub closed_early: u64,
+    pub first_error: Option<String>,
+    pub hist: Buckets,
+    pub hist_b: Buckets,
+    pub connect_hist: Buckets,
+    /// CPU seconds this process used during the measurement window.
+    pub cpu_s: f64,
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+pub fn take_result(conns: u64, cpu_s: f64) -> ChildResult {
+    STATS.with(|s| {
+        let s = s.borrow();
+        ChildResult {
+            conns,
+            sent: s.sent,
+            received: s.received,
+            errors: s.errors,
+            connect_failed: s.connect_failed,
+            closed_early: s.closed_early,
+            first_error: s.first_error.clone(),
+            hist: Buckets::of(&s.hist),
+            hist_b: Buckets::of(&s.hist_b),
+            connect_hist: Buckets::of(&s.connect_hist),
+            cpu_s,
+            extra: Default::default(),
+        }
+    })
+}
+
+/// CPU seconds (user + system) of a process from /proc/<pid>/stat.
+pub fn proc_cpu_s(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Resident memory of a process in KiB from /proc/<pid>/status.
+pub fn proc_rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
