@@ -49,3 +49,19 @@ export function until(page: Page, predicate: string, timeout = 10_000) {
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Hides or shows a page. Headless Chromium reports every page as visible: on this machine,
+ * minimizing the window (CDP Browser.setWindowBounds), switching tabs inside one window
+ * (Target.activateTarget), focus emulation and dropping Playwright's occlusion flags all left
+ * visibilityState "visible". So this does what the browser does when a tab is hidden or
+ * shown: the property changes and `visibilitychange` fires. Everything after that is real:
+ * the client's listener, its `activity` frame, the server's presence, the watcher's event.
+ */
+export function setHidden(page: Page, hidden: boolean): Promise<void> {
+  return page.evaluate((hide) => {
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (hide ? 'hidden' : 'visible') });
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => hide });
+    document.dispatchEvent(new Event('visibilitychange'));
+  }, hidden);
+}

@@ -6,14 +6,15 @@
 //   inactive, because a visible window without focus (a second monitor, windows side by side)
 //   may still be what the user is looking at; no input reaches it after the blur, so the idle
 //   timer turns it inactive if the user really went elsewhere.
-// - Focus counts as input and is reported even when the tab was already active, so the tab
-//   the user just switched to becomes the user's `activeClient`.
+// - Focus counts as input. It is not re-sent when the tab is already active: the server moves
+//   `activeClient` only when a client turns from inactive to active, so a repeated
+//   `activity: true` would change nothing.
 // - Nothing is reported between `pagehide` and `pageshow`. Browsers mark a page hidden while
 //   unloading it (pagehide → visibilitychange → unload, seen in Chromium); reporting that
 //   would show the user AWAY during every reload, and ONLINE → AWAY → OFFLINE when the last
 //   tab closes. The socket closing says all there is to say.
 
-const INPUT_EVENTS = ['pointerdown', 'pointermove', 'keydown', 'wheel', 'touchstart', 'scroll'];
+const INPUT_EVENTS = ['pointerdown', 'pointermove', 'keydown', 'wheel', 'touchstart', 'scroll', 'focus'];
 
 export interface ActivityTracker {
   active(): boolean;
@@ -24,8 +25,8 @@ export interface ActivityTracker {
 }
 
 /**
- * `onReport(active)` is called when the state changes, and with `true` on focus. Without `listen`
- * (or outside a page) the tab counts as active unless forced otherwise.
+ * `onReport(active)` is called when the state changes. Without `listen` (or outside a page)
+ * the tab counts as active unless forced otherwise.
  */
 export function trackActivity(idleMs: number, onReport: (active: boolean) => void, listen = true): ActivityTracker {
   const doc = listen && typeof document != 'undefined' ? document : undefined;
@@ -42,10 +43,9 @@ export function trackActivity(idleMs: number, onReport: (active: boolean) => voi
     return forced ?? (!(doc && doc.visibilityState == 'hidden') && !idle);
   }
 
-  function update(claim?: boolean): void {
-    if (leaving) return;
+  function update(): void {
     const now = computed();
-    if (now != reported || (claim && now)) onReport((reported = now));
+    if (!leaving && now != reported) onReport((reported = now));
   }
 
   // One timer per idle period rather than one per input event: pointermove fires very often,
@@ -71,11 +71,6 @@ export function trackActivity(idleMs: number, onReport: (active: boolean) => voi
     }
   }
 
-  const onFocus = (): void => {
-    input();
-    update(true);
-  };
-
   const onPage = (event: Event): void => {
     leaving = event.type == 'pagehide';
     update();
@@ -94,10 +89,10 @@ export function trackActivity(idleMs: number, onReport: (active: boolean) => voi
       update();
     },
     start() {
+      lastInput = Date.now();
       arm(idleMs);
       if (!doc) return;
       for (const type of INPUT_EVENTS) addEventListener(type, input, { capture: true, passive: true });
-      addEventListener('focus', onFocus);
       addEventListener('pagehide', onPage);
       addEventListener('pageshow', onPage);
       doc.addEventListener('visibilitychange', onVisibility);
@@ -106,7 +101,6 @@ export function trackActivity(idleMs: number, onReport: (active: boolean) => voi
       clearTimeout(timer);
       if (!doc) return;
       for (const type of INPUT_EVENTS) removeEventListener(type, input, { capture: true });
-      removeEventListener('focus', onFocus);
       removeEventListener('pagehide', onPage);
       removeEventListener('pageshow', onPage);
       doc.removeEventListener('visibilitychange', onVisibility);

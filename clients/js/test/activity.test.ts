@@ -90,11 +90,17 @@ describe('activity', () => {
     expect(activityFrames(ws)).toEqual([]);
   });
 
-  it('focus claims the active client even when already active; blur alone changes nothing', async () => {
-    const { ws } = await connected({ trackActivity: true });
+  it('focus counts as input; blur alone changes nothing; nothing is re-sent while already active', async () => {
+    const { ws } = await connected({ trackActivity: true, idleTimeout: 1000 });
     win.dispatchEvent(new Event('blur'));
     win.dispatchEvent(new Event('focus'));
-    expect(activityFrames(ws)).toEqual([{ kind: 'activity', active: true }]);
+    expect(activityFrames(ws)).toEqual([]);
+    await tick(1000);
+    win.dispatchEvent(new Event('focus'));
+    expect(activityFrames(ws)).toEqual([
+      { kind: 'activity', active: false },
+      { kind: 'activity', active: true },
+    ]);
   });
 
   it('a change while disconnected is sent after the next welcome if the URL did not carry it', async () => {

@@ -43,14 +43,7 @@ window.t = {
     const seen = presence[user];
     return seen && seen.length ? seen[seen.length - 1].status : undefined;
   },
-  /**
-   * Headless Chromium reports every page as visible: on this machine, minimizing the window
-   * (CDP Browser.setWindowBounds), switching tabs inside one window (Target.activateTarget),
-   * focus emulation and dropping Playwright's occlusion flags all left visibilityState
-   * "visible". So this does what the browser does when a tab is hidden or shown: the
-   * property changes and `visibilitychange` fires. Everything after that is real: the
-   * client's listener, its `activity` frame, the server's presence, the watcher's event.
-   */
+  /** Emulates hiding the tab; why this is needed and honest: setHidden() in ../browser.ts. */
   setHidden(hidden) {
     Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (hidden ? 'hidden' : 'visible') });
     Object.defineProperty(document, 'hidden', { configurable: true, get: () => hidden });
