@@ -43,6 +43,7 @@ describe('server restart', () => {
     await until(alice, 't.client.isConnected()', 20_000);
     await until(bob, 't.client.isConnected()', 20_000);
     expect(await alice.evaluate(() => t.statuses.slice(-2))).toEqual(['CONNECTING', 'ONLINE']);
+    expect(await alice.evaluate(() => t.closes)).toEqual([1006]); // dropped without a close frame
     const sent = await alice.evaluate(() => t.outcome(t.client.sendToUser({ type: 'AFTER_RESTART' }, 'bob-x')));
     expect(sent).toEqual({ ok: true, value: { recipients: { 'bob-x': { online: true, clients: 1 } } } });
     await until(bob, `t.of('AFTER_RESTART').length == 1`);
@@ -62,5 +63,17 @@ describe('server restart', () => {
     expect(sent).toEqual({ ok: true, value: { delivered: 1 } });
     await until(bob, `t.of('TICK').length == 1`);
     expect(await bob.evaluate(() => t.of('TICK')[0].meta.topic)).toBe('room:restart');
+  });
+
+  it('a graceful restart (SIGTERM) closes with 1012 service_restart, and pages come back too', async () => {
+    await server.stop();
+    await until(alice, `t.client.getStatus() == 'CONNECTING'`);
+    expect(await alice.evaluate(() => t.closes.slice(-1))).toEqual([1012]);
+    await server.restart();
+    await until(alice, 't.client.isConnected()', 20_000);
+    await until(bob, 't.client.isConnected()', 20_000);
+    // and the watch came back once more
+    await alice.evaluate(() => t.setHidden(true));
+    await until(bob, `t.lastStatusOf('alice-x') == 'AWAY'`);
   });
 });

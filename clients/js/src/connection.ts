@@ -37,6 +37,8 @@ export function socketUrl(
 }
 
 export function createConnection(o: ConnectionOptions) {
+  // A malformed endPoint is a programming error: throw from createClient rather than retry forever.
+  socketUrl(o.endPoint, undefined, undefined, true);
   let ws: WebSocketLike | undefined;
   let running = false;
   let attempt = 0;
@@ -54,7 +56,9 @@ export function createConnection(o: ConnectionOptions) {
     retryTimer = undefined;
     let url: string;
     try {
-      const token = typeof o.token == 'function' ? await o.token() : o.token;
+      // Always awaited, even a plain string: the socket then opens after createClient returns,
+      // so listeners subscribed right after it miss nothing, not even an immediate failure.
+      const token = await (typeof o.token == 'function' ? o.token() : o.token);
       url = socketUrl(o.endPoint, o.userId, token, o.isActive());
     } catch (e) {
       // A failing token source is treated like a failed connection attempt: back off and try again.
@@ -66,7 +70,7 @@ export function createConnection(o: ConnectionOptions) {
     try {
       socket = new (o.WebSocket || (WebSocket as any))(url, SUBPROTOCOL);
     } catch (e) {
-      // A malformed endPoint throws synchronously; it will not get better by retrying.
+      // Refused outright (a blocked port, ws: from an https page): retrying will not help.
       running = false;
       o.onDown(ABNORMAL, String(e), false);
       return;
@@ -87,11 +91,10 @@ export function createConnection(o: ConnectionOptions) {
       }
       o.onFrame(frame);
     };
+    // No onerror: `error` is always followed by `close`, which carries the code.
     socket.onclose = (event) => {
       if (socket == ws) lost(event.code, event.reason);
     };
-    // `error` is always followed by `close`, which carries the code; nothing to do here.
-    socket.onerror = null;
   }
 
   function arm(ms: number): void {

@@ -30,6 +30,24 @@ describe('connecting', () => {
     expect(FakeWebSocket.last().url).toBe(url);
   });
 
+  it('throws at once for an endPoint that is not a URL', () => {
+    expect(() => createClient({ endPoint: 'ws://[oops', userId: 'a', WebSocket: FakeWebSocket })).toThrow();
+  });
+
+  it('a WebSocket constructor that refuses the URL stops the client (OFFLINE)', async () => {
+    const statuses: string[] = [];
+    const client = makeClient({
+      WebSocket: class {
+        constructor() {
+          throw new Error('SecurityError');
+        }
+      } as any,
+    });
+    client.onStatusChange((e) => statuses.push(`${e.status}:${e.reason}`));
+    await tick(60_000);
+    expect(statuses).toEqual(['OFFLINE:Error: SecurityError']);
+  });
+
   it('offers the pubsub.v1.json subprotocol', async () => {
     makeClient();
     await tick();

@@ -5,6 +5,7 @@ import createClient from '/dist/index.js';
 const params = new URLSearchParams(location.search);
 const records = [];
 const statuses = [];
+const closes = []; // close codes that caused status changes
 const presence = {};
 
 // No path on purpose: the client must add /ws itself, as with the original's endPoint values.
@@ -15,7 +16,10 @@ const client = createClient({
   queueWhileOffline: params.get('queue') == '1',
 });
 client.subscribe('*', (action, meta) => records.push({ action, meta, at: Date.now() }));
-client.onStatusChange((e) => statuses.push(e.status));
+client.onStatusChange((e) => {
+  statuses.push(e.status);
+  if (e.code) closes.push(e.code);
+});
 
 /** A promise's outcome as plain data (page.evaluate cannot carry Error objects or functions). */
 async function outcome(promise) {
@@ -31,6 +35,7 @@ window.t = {
   client,
   records,
   statuses,
+  closes,
   presence,
   outcome,
   /** Every action/event received of a type. */
