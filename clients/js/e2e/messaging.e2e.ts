@@ -21,7 +21,7 @@ beforeAll(async () => {
   // silent clients after interval + timeout) and not mistaking a quiet server for a dead one.
   server = await startServer({
     args: ['--handler', 'echo'],
-    env: { PUBSUB_SERVER__HEARTBEAT_INTERVAL_MS: '1000', PUBSUB_SERVER__HEARTBEAT_TIMEOUT_MS: '1000' },
+    env: { PUBSUB_SERVER__HEARTBEAT_INTERVAL_MS: '1000', PUBSUB_SERVER__HEARTBEAT_TIMEOUT_MS: '1500' },
   });
   browser = await launchBrowser();
 });
@@ -131,8 +131,23 @@ describe('messaging in a real browser', () => {
 
   it('stays connected across heartbeats (pings answered, quiet server not taken for dead)', async () => {
     const page = await openTab(await newContext(), server.origin, 'frank-h');
-    await sleep(4500); // four heartbeat intervals, more than interval + timeout twice over
+    await sleep(6000); // six heartbeat intervals, more than twice the 2.5 s either side tolerates
     expect(await page.evaluate(() => t.statuses)).toEqual(['ONLINE']);
     expect(await page.evaluate(() => t.client.isConnected())).toBe(true);
+  });
+
+  it('a frozen server (SIGSTOP) is detected by its silence; the page reconnects when it thaws', async () => {
+    const page = await openTab(await newContext(), server.origin, 'gina-f');
+    const frozenAt = Date.now();
+    server.signal('SIGSTOP'); // the TCP connection stays up; only the frames stop
+    try {
+      await until(page, `t.client.getStatus() == 'CONNECTING'`, 10_000);
+      // heartbeatMs + heartbeatTimeoutMs = 2.5 s after the last frame (a ping ≤ 1 s before the freeze)
+      expect(Date.now() - frozenAt).toBeGreaterThanOrEqual(1400);
+      expect(await page.evaluate(() => t.closes)).toEqual([1006]);
+    } finally {
+      server.signal('SIGCONT');
+    }
+    await until(page, 't.client.isConnected()', 20_000);
   });
 });

@@ -12,15 +12,17 @@ let server: RunningServer;
 const contexts: BrowserContext[] = [];
 let alice: Page;
 let bob: Page;
+let carol: Page; // queueWhileOffline
 let watchedBeforeRestart = false;
 let joinedBeforeRestart = false;
 
 beforeAll(async () => {
   server = await startServer({ env: { PUBSUB_SERVER__PRESENCE_GRACE_MS: '1000' } });
   browser = await launchBrowser();
-  for (let i = 0; i < 2; i++) contexts.push(await browser.newContext());
+  for (let i = 0; i < 3; i++) contexts.push(await browser.newContext());
   alice = await openTab(contexts[0]!, server.origin, 'alice-x');
   bob = await openTab(contexts[1]!, server.origin, 'bob-x');
+  carol = await openTab(contexts[2]!, server.origin, 'carol-x', { queue: '1' });
   // Set up before the restart; whether the server supports them is asserted in the tests below.
   watchedBeforeRestart = (await bob.evaluate(() => t.watch(['alice-x']))).ok;
   joinedBeforeRestart = (await bob.evaluate(() => t.outcome(t.client.join('room:restart')))).ok;
@@ -69,7 +71,18 @@ describe('server restart', () => {
     await server.stop();
     await until(alice, `t.client.getStatus() == 'CONNECTING'`);
     expect(await alice.evaluate(() => t.closes.slice(-1))).toEqual([1012]);
+    // queueWhileOffline: a message written during the outage waits and goes out after reconnecting
+    // (to carol herself, so no other page's reconnect timing matters).
+    await until(carol, `t.client.getStatus() == 'CONNECTING'`);
+    await carol.evaluate(() => {
+      (window as any).queued = t.outcome(t.client.sendToUser({ type: 'WRITTEN_OFFLINE' }, 'carol-x'));
+    });
     await server.restart();
+    expect(await carol.evaluate(() => (window as any).queued)).toEqual({
+      ok: true,
+      value: { recipients: { 'carol-x': { online: true, clients: 1 } } },
+    });
+    await until(carol, `t.of('WRITTEN_OFFLINE').length == 1`);
     await until(alice, 't.client.isConnected()', 20_000);
     await until(bob, 't.client.isConnected()', 20_000);
     // and the watch came back once more

@@ -17,6 +17,8 @@ export interface RunningServer {
   output(): string;
   /** SIGKILL: connections drop without close frames, as in a crash. */
   kill(): Promise<void>;
+  /** Sends a signal without waiting (SIGSTOP/SIGCONT freeze and thaw the server). */
+  signal(signal: NodeJS.Signals): void;
   /** Starts again on the same port with the same settings. */
   restart(): Promise<void>;
   stop(): Promise<void>;
@@ -81,6 +83,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     },
     output: () => output,
     kill: () => end('SIGKILL'),
+    signal: (signal) => void child?.kill(signal),
     restart: launch,
     stop: () => end('SIGTERM'),
   };

@@ -62,9 +62,14 @@ export function createWatches(
       let added = !cb;
       // The callback and the watch start together on the ack (of this call or a later retry()).
       return requests.request(usersFrame('watch', requests.nextId(), names), undefined, (r: { users: PresenceMap }) => {
-        if (!added) callbacks.add({ users: new Set(names), cb: cb! });
+        take(r.users, false);
+        if (!added) {
+          callbacks.add({ users: new Set(names), cb: cb! });
+          // Its first presence even when the user was already watched (and nothing is new).
+          for (const user in r.users) callSafely(cb!, r.users[user]!);
+        }
         added = true;
-        return take(r.users, false);
+        return r.users;
       });
     },
 

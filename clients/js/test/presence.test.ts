@@ -59,6 +59,19 @@ describe('watch()', () => {
     expect(cb.mock.calls.map(([p]) => p.user)).toEqual(['bob', 'carol']);
   });
 
+  it('a second watch of a watched user still gets its first presence, and both get changes', async () => {
+    const { client, ws, cb } = await watching(['bob']);
+    const second = vi.fn();
+    const done = client.watch('bob', second);
+    ws.receive({ kind: 'ack', id: ws.lastFrame().id, result: { users: { bob: presenceOf('bob', 'ONLINE', 5) } } });
+    await done;
+    expect(cb).toHaveBeenCalledTimes(1); // nothing new for the first one
+    expect(second.mock.calls.map(([p]) => p.version)).toEqual([5]);
+    ws.receive(change('bob', 'AWAY', 6));
+    expect(cb).toHaveBeenCalledTimes(2);
+    expect(second).toHaveBeenCalledTimes(2);
+  });
+
   it('delivers newer PRESENCE_CHANGE events and drops stale and duplicate ones', async () => {
     const { ws, cb, events } = await watching(['bob']);
     cb.mockClear();
