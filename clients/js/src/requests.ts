@@ -52,7 +52,14 @@ export function createRequests(options: RequestOptions, prefix = randomPrefix())
     if (pending.get(p.id) != p) return;
     pending.delete(p.id);
     clearTimeout(p.timer);
-    if (!error) return p.resolve(p.done ? p.done(result) : result);
+    if (!error) {
+      // An ack whose result does not have the expected shape must not throw into the socket handler.
+      try {
+        return p.resolve(p.done ? p.done(result) : result);
+      } catch (e) {
+        return p.reject(e);
+      }
+    }
     p.reject(new PubSubError(error, p.action, () => attempt(p.id, p.frame, p.action, p.done)));
   };
 
