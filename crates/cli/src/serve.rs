@@ -12,8 +12,12 @@ use crate::settings::{self, AuthMode, BuiltinHandler, Overrides};
 
 pub async fn run(config: Option<&Path>, overrides: &Overrides) -> anyhow::Result<()> {
     let settings = settings::load(config, overrides).context("invalid settings")?;
+    // Logs go to stderr; stdout carries only the "listening on" line, which
+    // scripts (and the browser tests) read to learn the port.
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&settings.log).context("invalid log filter")?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let mut builder = Server::builder().config(settings.server.clone());

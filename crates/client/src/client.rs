@@ -320,6 +320,19 @@ impl Client {
                 request,
             ));
         }
+        let limit = shared
+            .session
+            .lock()
+            .as_ref()
+            .map_or(usize::MAX, |w| w.limits.max_message_bytes);
+        if text.len() > limit {
+            // The server would close the whole connection for it.
+            let message = format!(
+                "the frame is {} bytes; the server accepts {limit}",
+                text.len()
+            );
+            return Err(SendError::local(ErrorCode::MessageTooBig, message, request));
+        }
         let (tx, rx) = oneshot::channel();
         shared
             .pending

@@ -134,8 +134,11 @@ impl Shared {
             }
             *own = Some(presence);
         }
-        if self.status.borrow().is_connected() {
-            self.set_status(Status::of_connected(self.own_presence.lock().as_ref()));
+        let connected = self.status.borrow().is_connected();
+        if connected {
+            // Computed first: set_status locks own_presence itself.
+            let status = Status::of_connected(self.own_presence.lock().as_ref());
+            self.set_status(status);
         }
     }
 }
@@ -196,12 +199,13 @@ pub(crate) async fn run(
         let stop = match result {
             Ok((ws, welcome)) => {
                 attempt = 0;
-                if let Some(tx) = first_outcome.take() {
-                    let _ = tx.send(Ok(()));
-                }
                 *shared.session.lock() = Some(welcome.clone());
                 *shared.own_presence.lock() = welcome.presence.clone();
                 shared.set_status(Status::of_connected(welcome.presence.as_ref()));
+                // Only now is the client usable: `connect` returns after this.
+                if let Some(tx) = first_outcome.take() {
+                    let _ = tx.send(Ok(()));
+                }
                 let end = session(&shared, ws, &welcome, &mut commands).await;
                 *shared.session.lock() = None;
                 shared.fail_all(
@@ -444,7 +448,11 @@ async fn write_batch(
 /// Re-establishes watches and topic memberships on a new connection, before
 /// anything else is sent. Their answers are applied as they arrive.
 async fn resubscribe(shared: &Arc<Shared>, ws: &mut Socket) -> Result<(), ()> {
-    let watched = shared.watched.lock().users();
+    let watched = {
+        let mut book = shared.watched.lock();
+        book.reset();
+        book.users()
+    };
     let topics: Vec<Topic> = shared.topics.lock().iter().cloned().collect();
     if watched.is_empty() && topics.is_empty() {
         return Ok(());

@@ -22,6 +22,14 @@ impl PresenceBook {
         self.watched.keys().cloned().collect()
     }
 
+    /// Forgets what is held (but keeps watching): versions from an earlier
+    /// connection are not comparable with the next one's.
+    pub(crate) fn reset(&mut self) {
+        for held in self.watched.values_mut() {
+            *held = None;
+        }
+    }
+
     /// Keeps `presence` if the user is watched and it is newer than what we hold.
     pub(crate) fn offer(&mut self, presence: Presence) -> bool {
         match self.watched.get_mut(&presence.user) {

@@ -85,8 +85,10 @@ error_codes! {
         "Client-side: no answer arrived within the client's request timeout.";
     NotConnected = 3002, "not_connected", retryable = true,
         "Client-side: the request was made while the client had no connection.";
-    ClientClosed = 3003, "client_closed", retryable = false,
+        ClientClosed = 3003, "client_closed", retryable = false,
         "Client-side: the client was closed by the application.";
+    MessageTooBig = 3004, "message_too_big", retryable = false,
+        "Client-side: the frame would exceed the server's `maxMessageBytes`; it was not sent.";
 }
 
 impl fmt::Display for ErrorCode {

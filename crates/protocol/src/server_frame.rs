@@ -35,6 +35,13 @@ pub struct Limits {
     pub max_id_bytes: usize,
     /// Requests per second per connection before `rate_limited` (0 = unlimited).
     pub max_requests_per_sec: u32,
+    /// Most distinct users in one `presence`, `watch` or `unwatch`.
+    #[serde(default = "default_max_users_per_request")]
+    pub max_users_per_request: usize,
+}
+
+fn default_max_users_per_request() -> usize {
+    crate::limits::DEFAULT_MAX_USERS_PER_REQUEST
 }
 
 /// First frame on every accepted connection.

@@ -172,6 +172,7 @@ impl ServerConfig {
             max_recipients: self.max_recipients,
             max_id_bytes: pubsub_protocol::ids::MAX_ID_BYTES,
             max_requests_per_sec: self.max_requests_per_sec,
+            max_users_per_request: self.max_users_per_request,
         }
     }
 }

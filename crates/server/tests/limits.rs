@@ -44,6 +44,27 @@ async fn an_oversize_message_closes_with_1009_and_is_not_processed() {
 }
 
 #[tokio::test]
+async fn the_rust_client_refuses_an_oversize_send_locally_and_stays_connected() {
+    let server = TestServer::start(|b| b).await;
+    let c = server.client("A").await;
+    let e = c
+        .broadcast(&json!({"type": "BIG", "data": "x".repeat(70 * 1024)}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.name.as_str(), e.retryable),
+        (3004, "message_too_big", false)
+    );
+    assert_eq!(
+        c.broadcast(&json!({"type": "SMALL"}))
+            .await
+            .unwrap()
+            .delivered,
+        0
+    );
+}
+
+#[tokio::test]
 async fn a_fragmented_oversize_message_is_refused_before_it_is_assembled() {
     let server = TestServer::start(|b| b).await;
     let mut raw = Raw::connect(&server.url, "A").await;

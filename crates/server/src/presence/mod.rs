@@ -65,3 +65,17 @@ pub trait PresenceHooks: Send + Sync + 'static {
     /// A user's status changed, including to OFFLINE after the grace period.
     async fn on_status_change(&self, _change: &StatusChange) {}
 }
+
+/// Shared hooks (the application keeps a handle to read what they record).
+#[async_trait]
+impl<T: PresenceHooks + ?Sized> PresenceHooks for std::sync::Arc<T> {
+    async fn on_connect(&self, client: &ClientInfo, presence: &Presence) {
+        (**self).on_connect(client, presence).await;
+    }
+    async fn on_disconnect(&self, client: &ClientInfo, presence: &Presence) {
+        (**self).on_disconnect(client, presence).await;
+    }
+    async fn on_status_change(&self, change: &StatusChange) {
+        (**self).on_status_change(change).await;
+    }
+}

@@ -155,10 +155,12 @@ impl PresenceState {
         version: u64,
     ) -> Option<Transition> {
         let slot = self.slots.iter_mut().find(|s| &s.id == id)?;
-        if slot.active == active {
+        if slot.active == active && !active {
             return None;
         }
         slot.active = active;
+        // Reporting "active" again (a focused window) makes this client the
+        // most recently active one, which may move `activeClient` to it.
         if active {
             self.recency += 1;
             slot.recency = self.recency;
@@ -329,8 +331,26 @@ mod tests {
         assert_eq!(s.active_client, Some(id("a")));
         assert!(
             p.set_active(&id("a"), true, n, v + 1).is_none(),
-            "no change, no transition"
+            "already the active client: no transition"
         );
+        assert!(
+            p.set_active(&id("b"), false, n, v + 1).is_none(),
+            "already idle: no transition"
+        );
+    }
+
+    #[test]
+    fn an_active_client_reporting_activity_again_claims_active_client() {
+        let (mut p, mut c) = user();
+        let (n, v) = c.tick();
+        p.connect(id("a"), true, n, v);
+        let (n, v) = c.tick();
+        p.connect(id("b"), true, n, v);
+        assert_eq!(p.snapshot().active_client, Some(id("b")));
+        let (n, v) = c.tick();
+        let t = p.set_active(&id("a"), true, n, v).unwrap();
+        assert_eq!((t.status_from, t.active_from), (None, Some(Some(id("b")))));
+        assert_eq!(p.snapshot().active_client, Some(id("a")));
     }
 
     #[test]
