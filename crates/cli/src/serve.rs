@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use pubsub_server::{DEV_AUTH_WARNING, DevAuth, Server, handler_fn};
+use pubsub_server::{DEV_AUTH_WARNING, DevAuth, SeeOnlySelf, Server, TopicPatterns, handler_fn};
 use tracing_subscriber::EnvFilter;
 
-use crate::settings::{self, AuthMode, BuiltinHandler, Overrides};
+use crate::settings::{self, AuthMode, BuiltinHandler, Overrides, PresenceVisibility};
 
 pub async fn run(config: Option<&Path>, overrides: &Overrides) -> anyhow::Result<()> {
     let settings = settings::load(config, overrides).context("invalid settings")?;
@@ -39,6 +39,13 @@ pub async fn run(config: Option<&Path>, overrides: &Overrides) -> anyhow::Result
         builder = builder.handler(handler_fn(
             |_ctx, action| async move { Ok(action.to_value()) },
         ));
+    }
+    builder = builder.topic_policy(TopicPatterns {
+        join: settings.topics.join.clone(),
+        publish: settings.topics.publish.clone(),
+    });
+    if settings.presence_visibility == PresenceVisibility::OnlySelf {
+        builder = builder.presence_policy(SeeOnlySelf);
     }
     let mut routes = pubsub_server::axum::Router::new();
     for (prefix, dir) in &settings.static_dirs {

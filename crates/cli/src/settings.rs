@@ -46,7 +46,39 @@ pub struct Settings {
     /// `"/prefix" = "directory"` (for the demo page and browser tests).
     #[serde(rename = "static")]
     pub static_dirs: std::collections::BTreeMap<String, std::path::PathBuf>,
+    /// Whose presence a client may query and watch.
+    pub presence_visibility: PresenceVisibility,
+    pub topics: TopicRules,
     pub server: ServerConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceVisibility {
+    /// Anyone may see anyone's presence.
+    #[default]
+    All,
+    /// Users see only their own presence.
+    #[serde(rename = "self")]
+    OnlySelf,
+}
+
+/// Topic-name patterns (`*` = any run of characters, `{user}` = the client's
+/// own user id) that clients may join and publish to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicRules {
+    pub join: Vec<String>,
+    pub publish: Vec<String>,
+}
+
+impl Default for TopicRules {
+    fn default() -> Self {
+        Self {
+            join: vec!["*".into()],
+            publish: vec!["*".into()],
+        }
+    }
 }
 
 impl Default for Settings {
@@ -59,6 +91,8 @@ impl Default for Settings {
             node_id: None,
             log: "info".to_owned(),
             static_dirs: Default::default(),
+            presence_visibility: PresenceVisibility::All,
+            topics: TopicRules::default(),
             server: ServerConfig::default(),
         }
     }
@@ -120,6 +154,7 @@ mod tests {
             assert_eq!(s.auth, Some(AuthMode::Dev));
             assert_eq!(s.server.max_message_bytes, 1000);
             assert_eq!(s.server.handler_timeout_ms, 1234);
+            assert_eq!(s.topics, TopicRules::default(), "open unless configured");
             let s = load(
                 Some(file.path()),
                 &Overrides {
