@@ -245,11 +245,20 @@ async fn topic_rules_and_presence_visibility_come_from_the_settings_file() {
     .unwrap();
     let server = serve(&["--config", file.to_str().unwrap()]);
     let url = format!("ws://127.0.0.1:{}", server.port);
-    let client = Client::connect(ClientConfig::new(&url).user("alice")).await.unwrap();
+    let client = Client::connect(ClientConfig::new(&url).user("alice"))
+        .await
+        .unwrap();
     client.join("public:news").await.unwrap();
     client.join("user:alice").await.unwrap();
     assert_eq!(client.join("user:bob").await.unwrap_err().code, 1100);
-    assert_eq!(client.publish("public:news", &json!({"type": "X"}), false).await.unwrap_err().code, 1100);
+    assert_eq!(
+        client
+            .publish("public:news", &json!({"type": "X"}), false)
+            .await
+            .unwrap_err()
+            .code,
+        1100
+    );
     assert_eq!(client.watch(["bob"]).await.unwrap_err().code, 1100);
     assert!(client.watch(["alice"]).await.is_ok());
 }

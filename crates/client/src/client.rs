@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use pubsub_protocol::{
-    ActionError, ActionRef, ClientId, ErrorCode, MessageId, RequestKind, UserId, Welcome,
+    ActionError, ActionRef, ClientId, ErrorCode, MessageId, OutgoingFrame, RequestKind, UserId,
+    Welcome,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -300,6 +301,21 @@ impl Client {
             .await
     }
 
+    /// Sends a request that needs no retry identity (watch, join, activity…)
+    /// under a fresh id and waits for its answer.
+    pub(crate) async fn control_request(
+        &self,
+        frame: OutgoingFrame<'_>,
+    ) -> Result<Value, SendError> {
+        let id = self.next_message_id();
+        let text = OutgoingFrame {
+            id: Some(&id),
+            ..frame
+        }
+        .encode();
+        self.roundtrip(id, text, None).await
+    }
+
     /// Sends one frame with id `id` and waits for its `ack` or `error`.
     pub(crate) async fn roundtrip(
         &self,
@@ -333,13 +349,7 @@ impl Client {
             );
             return Err(SendError::local(ErrorCode::MessageTooBig, message, request));
         }
-        let (tx, rx) = oneshot::channel();
-        shared
-            .pending
-            .lock()
-            .entry(id.clone())
-            .or_default()
-            .push(tx);
+        let rx = shared.register(&id);
         if self
             .inner
             .commands

@@ -69,6 +69,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Registers a caller waiting for the answer to `id`.
+    pub(crate) fn register(&self, id: &MessageId) -> oneshot::Receiver<Settled> {
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().entry(id.clone()).or_default().push(tx);
+        rx
+    }
+
     pub(crate) fn settle(&self, id: &MessageId, settled: Settled) {
         let waiters = self.pending.lock().remove(id).unwrap_or_default();
         for tx in waiters {
@@ -460,7 +467,7 @@ async fn resubscribe(shared: &Arc<Shared>, ws: &mut Socket) -> Result<(), ()> {
     let mut frames = Vec::new();
     for chunk in watched.chunks(pubsub_protocol::limits::DEFAULT_MAX_USERS_PER_REQUEST) {
         let id = internal_id();
-        let rx = register(shared, &id);
+        let rx = shared.register(&id);
         let shared = shared.clone();
         tokio::spawn(async move {
             if let Ok(Settled::Ack(result)) = rx.await {
@@ -479,7 +486,7 @@ async fn resubscribe(shared: &Arc<Shared>, ws: &mut Socket) -> Result<(), ()> {
     }
     for topic in topics {
         let id = internal_id();
-        let rx = register(shared, &id);
+        let rx = shared.register(&id);
         let shared = shared.clone();
         let name = topic.clone();
         tokio::spawn(async move {
@@ -504,17 +511,6 @@ async fn resubscribe(shared: &Arc<Shared>, ws: &mut Socket) -> Result<(), ()> {
         ws.feed(Message::text(frame)).await.map_err(|_| ())?;
     }
     ws.flush().await.map_err(|_| ())
-}
-
-fn register(shared: &Shared, id: &MessageId) -> oneshot::Receiver<Settled> {
-    let (tx, rx) = oneshot::channel();
-    shared
-        .pending
-        .lock()
-        .entry(id.clone())
-        .or_default()
-        .push(tx);
-    rx
 }
 
 /// Ids for the client's own bookkeeping requests.

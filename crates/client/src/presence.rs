@@ -65,15 +65,13 @@ impl Client {
     pub async fn set_active(&self, active: bool) -> Result<Presence, SendError> {
         let shared = self.shared();
         shared.active.store(active, Ordering::Relaxed);
-        let id = self.next_message_id();
-        let text = OutgoingFrame {
-            kind: "activity",
-            id: Some(&id),
-            active: Some(active),
-            ..OutgoingFrame::default()
-        }
-        .encode();
-        let result = self.roundtrip(id, text, None).await?;
+        let result = self
+            .control_request(OutgoingFrame {
+                kind: "activity",
+                active: Some(active),
+                ..OutgoingFrame::default()
+            })
+            .await?;
         parse_presence(result.get("presence"))
     }
 
@@ -151,15 +149,12 @@ impl Client {
         kind: &'static str,
         users: &[UserId],
     ) -> Result<Value, SendError> {
-        let id = self.next_message_id();
-        let text = OutgoingFrame {
+        self.control_request(OutgoingFrame {
             kind,
-            id: Some(&id),
             users: Some(users),
             ..OutgoingFrame::default()
-        }
-        .encode();
-        self.roundtrip(id, text, None).await
+        })
+        .await
     }
 }
 

@@ -66,14 +66,11 @@ impl Client {
         kind: &'static str,
         topic: &Topic,
     ) -> Result<serde_json::Value, SendError> {
-        let id = self.next_message_id();
-        let text = OutgoingFrame {
+        self.control_request(OutgoingFrame {
             kind,
-            id: Some(&id),
             topic: Some(topic),
             ..OutgoingFrame::default()
-        }
-        .encode();
-        self.roundtrip(id, text, None).await
+        })
+        .await
     }
 }

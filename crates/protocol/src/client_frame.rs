@@ -410,7 +410,9 @@ fn decode_users(
     Ok(unique)
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+/// The longest prefix of `s` of at most `max` bytes that ends on a character
+/// boundary (for quoting client input in errors and close reasons).
+pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

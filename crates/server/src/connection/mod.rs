@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
+use pubsub_protocol::client_frame::truncate;
 use pubsub_protocol::server_frame::{PING_FRAME, Welcome, encode_pong, encode_welcome};
 use pubsub_protocol::{
     ClientFrame, ErrorCode, MessageId, PROTOCOL_VERSION, Presence, Sender, close,
@@ -444,15 +445,4 @@ where
         })
         .await;
     }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
