@@ -65,6 +65,7 @@ export function createClient(options: ClientOptions): Client {
     // Queue only while a connection is on its way: once stopped, nothing would ever send it.
     whenOffline: () =>
       closedByApp ? CLIENT_CLOSED : options.queueWhileOffline && status != 'OFFLINE' ? null : NOT_CONNECTED,
+    oversize: (frame) => codec.oversize(frame, welcome?.limits?.maxMessageBytes),
   });
 
   const topics = createTopics(requests, connected);

@@ -1,4 +1,5 @@
 // Wire format of protocol v1 (docs/protocol.md section 2): one JSON object per text message.
+import { messageTooBig } from './errors';
 import type { Action, ErrorInfo, Meta, Presence, UserId } from './types';
 
 export const SUBPROTOCOL = 'pubsub.v1.json';
@@ -77,6 +78,19 @@ export const ping = (id?: string): ClientFrame => (id ? { kind: 'ping', id } : {
 export const pong = (): ClientFrame => ({ kind: 'pong' });
 
 export const encode = (frame: ClientFrame): string => JSON.stringify(frame);
+
+/**
+ * The error for a frame larger than the server's `maxMessageBytes` (which would close the whole
+ * connection with 1009), or null. UTF-8 takes at most 3 bytes per UTF-16 unit, so only frames
+ * near the limit are measured exactly.
+ */
+export function oversize(frame: ClientFrame, limit: number | undefined): ErrorInfo | null {
+  if (!limit) return null;
+  const text = encode(frame);
+  if (text.length * 3 <= limit) return null;
+  const bytes = new TextEncoder().encode(text).length;
+  return bytes > limit ? messageTooBig(bytes, limit) : null;
+}
 
 /** A server frame, or undefined for anything that is not a JSON object with a string `kind`. */
 export function decode(data: unknown): ServerFrame | undefined {

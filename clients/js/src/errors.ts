@@ -1,4 +1,4 @@
-// Errors a request can reject with: the server's `error` frames and the client-side codes 3000–3003.
+// Errors a request can reject with: the server's `error` frames and the client-side codes 3000–3004.
 import type { Action, ErrorInfo } from './types';
 
 const local = (code: number, name: string, message: string, retryable: boolean): ErrorInfo => ({
@@ -12,6 +12,9 @@ export const DISCONNECTED = local(3000, 'disconnected', 'the connection dropped 
 export const REQUEST_TIMEOUT = local(3001, 'request_timeout', 'no answer within the request timeout', true);
 export const NOT_CONNECTED = local(3002, 'not_connected', 'the client is not connected', true);
 export const CLIENT_CLOSED = local(3003, 'client_closed', 'the client was closed', false);
+/** Refused before sending: the server would close the whole connection (1009) for it. */
+export const messageTooBig = (bytes: number, limit: number): ErrorInfo =>
+  local(3004, 'message_too_big', `the frame is ${bytes} bytes; the server accepts ${limit}`, false);
 
 /**
  * What a failed request rejects with. It is an Error (so it has a stack and prints well when

@@ -9,6 +9,8 @@ export interface RequestOptions {
   timeoutMs: number;
   /** For a request that cannot be sent now: null to queue it, or the error to reject it with. */
   whenOffline(): ErrorInfo | null;
+  /** The error to reject a frame with because it is too large to send, or null. */
+  oversize(frame: ClientFrame): ErrorInfo | null;
 }
 
 interface Pending {
@@ -85,6 +87,11 @@ export function createRequests(options: RequestOptions, prefix = randomPrefix())
       p.reject = reject;
     });
     pending.set(id, p);
+    const tooBig = options.oversize(frame);
+    if (tooBig) {
+      settle(p, undefined, tooBig);
+      return p.promise;
+    }
     const offline = !send(p) && options.whenOffline();
     if (offline) settle(p, undefined, offline);
     return p.promise;

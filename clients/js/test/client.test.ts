@@ -164,6 +164,19 @@ describe('sending', () => {
     expect([error.code, a.type, typeof retry]).toEqual([2001, 'PAY', 'function']);
   });
 
+  it('refuses a frame over maxMessageBytes locally with 3004 and stays connected', async () => {
+    const { client, ws } = await connected({}, {
+      limits: { maxMessageBytes: 1000, maxRecipients: 100, maxIdBytes: 128, maxRequestsPerSec: 1000 },
+    });
+    const before = ws.sent.length;
+    const e = await rejection(client.broadcast({ type: 'BIG', text: 'é'.repeat(600) }));
+    expect(e.error).toMatchObject({ code: 3004, name: 'message_too_big', retryable: false });
+    expect(ws.sent.length).toBe(before);
+    expect(client.isConnected()).toBe(true);
+    client.broadcast({ type: 'SMALL', text: 'é'.repeat(100) }).catch(() => {}); // closed after the test
+    expect(ws.lastFrame().action.type).toBe('SMALL');
+  });
+
   it('settles exactly once: later answers for the same id are ignored', async () => {
     const { client, ws } = await connected();
     const done = client.broadcast({ type: 'X' });
