@@ -268,8 +268,22 @@ def run_one(env, workload, target, params, server_env=None):
         gargs = gen_args(workload, params) + ["--target", GEN_TARGET.get(target, target), "--port", str(srv.port),
                                                "--server-pid", str(srv.pid)]
         cmd = env.pin(env.gen_core, [str(env.bin_dir / "pubsub-bench")] + gargs)
+        perf = None
+        if env.args.perf:
+            # Samples the server's CPU (software clock: works without hardware
+            # counters) from the end of the warm-up for the measured window.
+            out = Path(env.args.perf)
+            out.mkdir(parents=True, exist_ok=True)
+            data = out / f"{workload}-{target}-{params.get('conns') or params.get('subs') or params.get('users') or ''}-{params.get('rate') or ''}.perf.data"
+            secs = float(params.get("duration", 10))
+            delay = float(params.get("warmup", 1)) + (6 if workload in ("fanout", "dm", "idle", "presence-churn") else 1)
+            perf = subprocess.Popen(["sh", "-c", f"sleep {delay}; exec perf record -e cpu-clock -F 999 {env.args.perf_args} "
+                                     f"-p {srv.pid} -o {data} -- sleep {secs}"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            timeout=60 + 4 * float(params.get("duration", 10)) + 600)
+        if perf:
+            perf.wait()
         if r.returncode != 0 or not r.stdout.strip():
             err = (r.stderr.strip().splitlines() or ["no output"])[-1]
             return {"workload": workload, "target": target, "error": err, "params": params}
@@ -521,7 +535,7 @@ def do_workload(env, args, workload, quiet=False):
     elif workload == "fanout":
         targets = targets or ["pubsub", "nats", "ws", "socketio", "centrifuge"]
         ps = [{"subs": args.subs or 10000, "rate": r, "duration": d, "pad": args.pad or None,
-               "broadcast": args.broadcast} for r in csv(args.rate or "100000,200000,400000,600000")]
+               "broadcast": args.broadcast} for r in csv(args.rate or "100000,200000,400000,600000,800000")]
     elif workload == "dm":
         targets = targets or ["pubsub", "ws", "socketio", "nats", "centrifuge"]
         ps = [{"users": args.users or 3000, "tabs": 3, "rate": r, "duration": d, "single": args.single}
@@ -616,6 +630,8 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--server-core", default="0")
     ap.add_argument("--gen-core", default="1")
+    ap.add_argument("--perf", help="record a perf profile of the server into this directory")
+    ap.add_argument("--perf-args", default="-g", help="extra perf record arguments [-g]")
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between runs")
     args = ap.parse_args()
     if args.profile is None:
