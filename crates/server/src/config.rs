@@ -52,9 +52,6 @@ pub struct ServerConfig {
     pub retry_window_max_bytes_per_user: usize,
     /// Longest a graceful shutdown waits for in-flight work before it stops anyway.
     pub shutdown_timeout_ms: u64,
-    /// Per-connection socket read buffer. tungstenite's default (128 KiB) would
-    /// make every idle connection cost that much.
-    pub read_buffer_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -81,7 +78,6 @@ impl Default for ServerConfig {
             retry_window_ms: 120_000,
             retry_window_max_bytes_per_user: 256 * 1024,
             shutdown_timeout_ms: 15_000,
-            read_buffer_bytes: 4 * 1024,
         }
     }
 }
@@ -130,9 +126,6 @@ impl ServerConfig {
             if value == 0 {
                 return fail(field, "must be positive");
             }
-        }
-        if self.read_buffer_bytes < 512 {
-            return fail("read_buffer_bytes", "must be at least 512");
         }
         Ok(())
     }

@@ -452,7 +452,7 @@ async fn random_churn_matches_a_model() {
             0..=5 => {
                 let active = rng.bool();
                 user.tabs[t].client.set_active(active).await.unwrap();
-                                // Reporting "active" (again or anew) makes a tab the most
+                // Reporting "active" (again or anew) makes a tab the most
                 // recently active one.
                 if active {
                     user.recency += 1;

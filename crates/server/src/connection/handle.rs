@@ -29,10 +29,14 @@ pub struct ClientHandle {
 }
 
 impl ClientHandle {
-    pub(crate) fn new(info: ClientInfo, max_outbound_bytes: usize) -> Self {
+    pub(crate) fn new(
+        info: ClientInfo,
+        socket: Arc<tokio::net::TcpStream>,
+        max_outbound_bytes: usize,
+    ) -> Self {
         Self {
             info: Arc::new(info),
-            outbox: Outbox::new(max_outbound_bytes),
+            outbox: Outbox::new(socket, max_outbound_bytes),
         }
     }
 

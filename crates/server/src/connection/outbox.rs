@@ -1,23 +1,35 @@
-//! The bounded queue of frames waiting to be written to one connection.
+//! Writing to one connection.
 //!
-//! Senders never wait: a push either queues (cost: a refcount bump, the frame
-//! bytes are shared) or, when the queue already holds `max_bytes`, marks the
-//! connection a slow consumer and drops what it held, so one client that stops
+//! A frame is written **directly** from whichever task delivers it, when
+//! nothing is queued and the socket takes it (the common case: one system
+//! call, no task wake-up, which is what makes fan-out and request/response
+//! cheap). What the socket does not take is queued, and the connection's own
+//! task writes it out when the socket becomes writable.
+//!
+//! The queue is bounded in bytes: a push that would overflow it marks the
+//! connection a slow consumer and drops what it held, so a client that stops
 //! reading costs bounded memory and never slows anyone else down.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use pubsub_protocol::close;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// An encoded text frame, shared by every recipient (cloning is a refcount bump).
+use super::wire;
+
+/// A complete WebSocket frame (header and payload), shared by every recipient
+/// (cloning is a refcount bump).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame(Utf8Bytes);
+pub struct Frame(Bytes);
 
 impl Frame {
+    /// Bytes on the wire.
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -26,24 +38,29 @@ impl Frame {
         self.0.is_empty()
     }
 
+    /// The frame's text payload.
     pub fn as_str(&self) -> &str {
-        self.0.as_str()
+        std::str::from_utf8(wire::payload(&self.0)).unwrap_or("")
     }
 
-    pub(crate) fn into_utf8(self) -> Utf8Bytes {
-        self.0
+    pub(crate) fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    pub(crate) fn raw(bytes: Bytes) -> Self {
+        Frame(bytes)
     }
 }
 
 impl From<String> for Frame {
     fn from(text: String) -> Self {
-        Frame(Utf8Bytes::from(text))
+        Frame(wire::encode_text(text.as_bytes()))
     }
 }
 
 impl From<&'static str> for Frame {
     fn from(text: &'static str) -> Self {
-        Frame(Utf8Bytes::from_static(text))
+        Frame(wire::encode_text(text.as_bytes()))
     }
 }
 
@@ -61,43 +78,80 @@ impl Kick {
             reason: Cow::Borrowed("outbound queue overflow: the client is not reading"),
         }
     }
+
+    /// The socket failed; nothing more can be written.
+    pub(crate) fn broken() -> Self {
+        Kick {
+            code: close::INTERNAL_ERROR,
+            reason: Cow::Borrowed("socket error"),
+        }
+    }
 }
 
 #[derive(Default)]
 struct Queue {
     frames: VecDeque<Frame>,
+    /// Bytes of the front frame already written.
+    offset: usize,
+    /// Queued bytes not yet written.
     bytes: usize,
+    /// Until `welcome` is queued nothing is written, so it is always first.
+    held: bool,
     kicked: Option<Kick>,
 }
 
 pub(crate) struct Outbox {
+    socket: Arc<TcpStream>,
     queue: Mutex<Queue>,
+    /// Tells the connection task there is something to write or a kick.
     wake: Notify,
     max_bytes: usize,
 }
 
-/// What the connection task finds when it waits on its outbox.
-pub(crate) enum Ready {
-    /// Frames were moved into the caller's buffer.
-    Frames,
-    Kicked(Kick),
-}
+/// Most frames handed to one vectored write.
+const MAX_IOV: usize = 64;
 
 impl Outbox {
-    pub(crate) fn new(max_bytes: usize) -> Self {
+    pub(crate) fn new(socket: Arc<TcpStream>, max_bytes: usize) -> Self {
         Self {
-            queue: Mutex::new(Queue::default()),
+            socket,
+            queue: Mutex::new(Queue {
+                held: true,
+                ..Queue::default()
+            }),
             wake: Notify::new(),
             max_bytes,
         }
     }
 
-    /// Queues a frame. Returns false if the connection is closing or just
-    /// overflowed (the frame was not queued).
+    /// Writes or queues a frame. Returns false if the connection is closing
+    /// or just overflowed (the frame was dropped).
     pub(crate) fn push(&self, frame: Frame) -> bool {
         let mut q = self.queue.lock();
         if q.kicked.is_some() {
             return false;
+        }
+        if q.frames.is_empty() && !q.held {
+            // The fast path, under the lock so frames never interleave.
+            let written = match self.socket.try_write(frame.bytes()) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(_) => {
+                    q.kicked = Some(Kick::broken());
+                    drop(q);
+                    self.wake.notify_one();
+                    return false;
+                }
+            };
+            if written == frame.len() {
+                return true;
+            }
+            q.offset = written;
+            q.bytes = frame.len() - written;
+            q.frames.push_back(frame);
+            drop(q);
+            self.wake.notify_one();
+            return true;
         }
         let len = frame.len();
         // A single frame larger than the budget still goes through an empty
@@ -112,28 +166,21 @@ impl Outbox {
         }
         q.bytes += len;
         q.frames.push_back(frame);
-        let first = q.frames.len() == 1;
-        drop(q);
-        // The consumer drains everything per wake-up, so only the transition
-        // from empty needs a notification.
-        if first {
-            self.wake.notify_one();
-        }
         true
     }
 
-    /// Queues a frame ahead of everything else (the `welcome`, which must be
-    /// first even if deliveries raced it into the queue).
-    pub(crate) fn push_front(&self, frame: Frame) {
+    /// Queues `welcome` ahead of anything that raced it, and starts writing.
+    pub(crate) fn release_with_first(&self, first: Frame) {
         let mut q = self.queue.lock();
-        q.bytes += frame.len();
-        q.frames.push_front(frame);
+        q.bytes += first.len();
+        q.frames.push_front(first);
+        q.held = false;
         drop(q);
         self.wake.notify_one();
     }
 
-    /// Asks the connection to close with `kick`. Queued frames are still
-    /// written before the close frame unless the kick is a slow consumer.
+    /// Asks the connection to close with `kick` (after what is queued,
+    /// unless the kick is a slow consumer).
     pub(crate) fn kick(&self, kick: Kick) {
         let mut q = self.queue.lock();
         if q.kicked.is_none() {
@@ -147,74 +194,150 @@ impl Outbox {
         self.queue.lock().kicked.clone()
     }
 
-    /// Waits until frames are queued (and moves them into `into`) or the
-    /// connection is kicked. Cancel-safe: nothing is lost if dropped.
-    pub(crate) async fn ready(&self, into: &mut VecDeque<Frame>) -> Ready {
+    /// Resolves when there is something for the connection task to do.
+    pub(crate) async fn wait(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Writes what is queued until the queue is empty. Returns the kick if
+    /// the connection was kicked (a slow consumer's queue is not written).
+    pub(crate) async fn flush(&self) -> Result<(), Kick> {
         loop {
-            {
-                let mut q = self.queue.lock();
-                if !q.frames.is_empty() {
-                    std::mem::swap(&mut q.frames, into);
-                    q.bytes = 0;
-                    return Ready::Frames;
-                }
-                if let Some(kick) = &q.kicked {
-                    return Ready::Kicked(kick.clone());
-                }
+            match self.write_some(false)? {
+                true => return Ok(()),
+                false => self.socket.writable().await.map_err(|_| Kick::broken())?,
             }
-            self.wake.notified().await;
         }
     }
 
-    /// Resolves once the connection has been kicked.
-    pub(crate) async fn wait_kicked(&self) -> Kick {
-        loop {
-            if let Some(kick) = self.kicked() {
-                return kick;
-            }
-            self.wake.notified().await;
-        }
-    }
-
-    /// Moves whatever is queued into `into` without waiting.
-    pub(crate) fn take(&self, into: &mut VecDeque<Frame>) {
+    /// Drops what is queued, except a frame already partly written (the
+    /// client must still see whole frames before the close frame).
+    pub(crate) fn discard_queued(&self) {
         let mut q = self.queue.lock();
-        into.extend(q.frames.drain(..));
-        q.bytes = 0;
+        let keep = usize::from(q.offset > 0);
+        q.frames.truncate(keep);
+        q.bytes = q.frames.front().map_or(0, |f| f.len() - q.offset);
+    }
+
+    /// Queues a last frame (a close frame) after everything else, past the
+    /// bound and past a kick, and writes the queue out.
+    pub(crate) async fn finish_with(&self, last: Frame) -> io::Result<()> {
+        {
+            let mut q = self.queue.lock();
+            q.bytes += last.len();
+            q.frames.push_back(last);
+            q.held = false;
+        }
+        loop {
+            match self.write_some(true) {
+                Ok(true) => return Ok(()),
+                Ok(false) => self.socket.writable().await?,
+                Err(_) => return Err(io::Error::other("socket error")),
+            }
+        }
+    }
+
+    /// Writes as much of the queue as the socket takes; `Ok(true)` once it is
+    /// empty. Unless `closing`, a kick stops it (a slow consumer before
+    /// writing, any other kick once the queue is written).
+    fn write_some(&self, closing: bool) -> Result<bool, Kick> {
+        let mut q = self.queue.lock();
+        if !closing
+            && let Some(kick) = &q.kicked
+            && kick.code == close::SLOW_CONSUMER
+        {
+            return Err(kick.clone());
+        }
+        while !q.frames.is_empty() {
+            let offset = q.offset;
+            let slices: Vec<IoSlice<'_>> = q
+                .frames
+                .iter()
+                .take(MAX_IOV)
+                .enumerate()
+                .map(|(i, f)| {
+                    IoSlice::new(if i == 0 {
+                        &f.bytes()[offset..]
+                    } else {
+                        f.bytes()
+                    })
+                })
+                .collect();
+            let written = match self.socket.try_write_vectored(&slices) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(_) => {
+                    q.kicked.get_or_insert_with(Kick::broken);
+                    return Err(Kick::broken());
+                }
+            };
+            drop(slices);
+            q.bytes -= written;
+            let mut left = written + q.offset;
+            q.offset = 0;
+            while let Some(front) = q.frames.front() {
+                if left < front.len() {
+                    q.offset = left;
+                    break;
+                }
+                left -= front.len();
+                q.frames.pop_front();
+            }
+        }
+        match &q.kicked {
+            Some(kick) if !closing => Err(kick.clone()),
+            _ => Ok(true),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
 
-    #[tokio::test]
-    async fn overflow_kicks_and_frees_the_queue() {
-        let outbox = Outbox::new(10);
-        assert!(outbox.push(Frame::from("123456")));
-        assert!(
-            !outbox.push(Frame::from("123456")),
-            "second frame exceeds 10 bytes"
-        );
-        assert!(
-            !outbox.push(Frame::from("1")),
-            "kicked outboxes refuse frames"
-        );
-        let mut buf = VecDeque::new();
-        match outbox.ready(&mut buf).await {
-            Ready::Kicked(k) => assert_eq!(k.code, close::SLOW_CONSUMER),
-            Ready::Frames => panic!("queue should have been dropped"),
-        }
-        assert!(buf.is_empty());
+    async fn pair() -> (Arc<TcpStream>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, client) = tokio::join!(listener.accept(), client);
+        (Arc::new(accepted.unwrap().0), client.unwrap())
     }
 
     #[tokio::test]
-    async fn a_large_frame_passes_an_empty_queue() {
-        let outbox = Outbox::new(4);
-        assert!(outbox.push(Frame::from("0123456789")));
-        let mut buf = VecDeque::new();
-        assert!(matches!(outbox.ready(&mut buf).await, Ready::Frames));
-        assert_eq!(buf.len(), 1);
-        assert!(outbox.push(Frame::from("0123456789")));
+    async fn nothing_is_written_before_the_first_frame_and_then_in_order() {
+        let (server, mut client) = pair().await;
+        let outbox = Outbox::new(server, 1 << 20);
+        assert!(outbox.push(Frame::from("second")));
+        outbox.release_with_first(Frame::from("first"));
+        outbox.flush().await.unwrap();
+        assert!(outbox.push(Frame::from("third")));
+        let mut buf = vec![0u8; 2 + 5 + 2 + 6 + 2 + 5];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf[2..7], b"first");
+        assert_eq!(&buf[9..15], b"second");
+        assert_eq!(&buf[17..], b"third");
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_stops_is_kicked_once_the_queue_overflows() {
+        let (server, _client_never_reads) = pair().await;
+        let outbox = Outbox::new(server, 64 * 1024);
+        outbox.release_with_first(Frame::from("welcome"));
+        outbox.flush().await.unwrap();
+        let chunk = "x".repeat(16 * 1024);
+        let mut pushed = 0;
+        // The kernel buffers take megabytes; the queue takes 64 KiB more.
+        while outbox.push(Frame::from(chunk.clone())) {
+            pushed += 1;
+            assert!(pushed < 10_000, "never overflowed");
+        }
+        assert_eq!(outbox.kicked().unwrap().code, close::SLOW_CONSUMER);
+        assert!(
+            !outbox.push(Frame::from("late")),
+            "kicked outboxes refuse frames"
+        );
+        assert_eq!(outbox.flush().await.unwrap_err().code, close::SLOW_CONSUMER);
+        assert_eq!(outbox.queue.lock().bytes, 0, "the queue was dropped");
     }
 }

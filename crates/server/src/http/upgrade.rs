@@ -19,17 +19,12 @@ use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use pubsub_protocol::{SUBPROTOCOL_JSON_V1, close};
+use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::auth::{Handshake, Identity};
 use crate::connection::{refuse, serve_session};
 use crate::hub::Hub;
-
-/// Socket writes are coalesced up to this many bytes per system call.
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 pub(super) async fn websocket(
     State(hub): State<Arc<Hub>>,
@@ -60,7 +55,7 @@ pub(super) async fn websocket(
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return (StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n").into_response();
     };
-    let accept = derive_accept_key(key.as_bytes());
+    let accept = accept_key(key.as_bytes());
     let protocol = match choose_subprotocol(headers) {
         Ok(protocol) => protocol,
         Err(()) => {
@@ -90,7 +85,6 @@ pub(super) async fn websocket(
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    let ws_config = websocket_config(&hub);
     let task_hub = hub.clone();
     hub.tasks.spawn(async move {
         let hub = task_hub;
@@ -98,14 +92,20 @@ pub(super) async fn websocket(
             Ok(Ok(upgraded)) => upgraded,
             _ => return,
         };
-        let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
+        // Our accept loop serves plain TCP streams; take the socket back from
+        // hyper to run our own framing on it.
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!("upgraded connection is not a TCP stream");
+            return;
+        };
+        let socket = Arc::new(parts.io.into_inner());
         match verdict {
-            Ok(identity) => serve_session(hub, ws, identity, remote_addr, active).await,
+            Ok(identity) => {
+                serve_session(hub, socket, parts.read_buf, identity, remote_addr, active).await
+            }
             Err((code, reason)) => {
                 tracing::debug!(%remote_addr, code, %reason, "connection refused");
-                refuse(&mut ws, code, &reason).await;
+                refuse(socket, code, &reason).await;
             }
         }
     });
@@ -153,18 +153,6 @@ async fn admit(hub: &Hub, handshake: &Handshake) -> Result<Identity, (u16, Strin
         Ok(result) => result,
         Err(_) => Err((close::TRY_AGAIN_LATER, "authentication timed out".into())),
     }
-}
-
-fn websocket_config(hub: &Hub) -> WebSocketConfig {
-    let c = &hub.config;
-    WebSocketConfig::default()
-        .read_buffer_size(c.read_buffer_bytes)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        // What the outbox hands over is bounded by max_outbound_bytes; this
-        // only guards against a bug letting the write buffer grow without end.
-        .max_write_buffer_size(WRITE_BUFFER_BYTES + 2 * c.max_outbound_bytes)
-        .max_message_size(Some(c.max_message_bytes))
-        .max_frame_size(Some(c.max_message_bytes))
 }
 
 fn is_upgrade_request(headers: &HeaderMap) -> bool {
@@ -219,5 +207,27 @@ fn handshake_of(request: &Request, remote_addr: SocketAddr) -> Handshake {
         remote_addr,
         headers: headers.clone(),
         query,
+    }
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 4.2.2).
+fn accept_key(key: &[u8]) -> String {
+    use base64::Engine;
+    use sha1::{Digest, Sha1};
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accept_key_matches_the_rfc_example() {
+        assert_eq!(
+            super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 }

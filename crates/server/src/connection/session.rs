@@ -1,0 +1,310 @@
+//! The loop of one connection: read and dispatch frames, answer in-flight
+//! handler calls, write what the socket did not take at once, keep the
+//! heartbeat, and drain on shutdown. Returns how the session ended.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use pubsub_protocol::server_frame::{PING_FRAME, encode_pong};
+use pubsub_protocol::{ClientFrame, ErrorCode, MessageId, Sender, close, decode_client_frame};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep, sleep_until, timeout};
+
+use super::budget::{TokenBucket, allow};
+use super::reader::{Read, ReadError, read};
+use super::wire::{Incoming, Parser, WireError, encode_pong as ws_pong};
+use super::{ClientHandle, End, Frame, Outbox};
+use crate::hub::{Answer, Hub};
+
+struct Limits {
+    requests: Option<TokenBucket>,
+    invalid: Option<TokenBucket>,
+}
+
+type InFlight = FuturesUnordered<BoxFuture<'static, Frame>>;
+
+pub(super) async fn run(
+    hub: &Arc<Hub>,
+    handle: &Arc<ClientHandle>,
+    socket: &TcpStream,
+    leftover: &[u8],
+) -> End {
+    let config = &hub.config;
+    let outbox = handle.outbox();
+    let sender = Sender {
+        user: handle.user().clone(),
+        client: handle.id().clone(),
+    };
+    let mut parser = Parser::default();
+    let mut incoming = Vec::new();
+    let mut in_flight = InFlight::new();
+    let mut limits = Limits {
+        requests: TokenBucket::new(config.max_requests_per_sec, 1.0),
+        invalid: TokenBucket::new(config.max_invalid_frames_per_min, 60.0),
+    };
+
+    let interval = config.heartbeat_interval();
+    let silence_limit = interval + config.heartbeat_timeout();
+    let mut last_inbound = Instant::now();
+    let mut next_ping = last_inbound + interval;
+    let heartbeat = sleep_until(next_ping);
+    tokio::pin!(heartbeat);
+
+    // Polled in place rather than re-created each turn, so waiting on the
+    // shared shutdown token costs one registration per connection.
+    let shutdown = hub.shutdown.clone().cancelled_owned();
+    tokio::pin!(shutdown);
+    let mut drain_deadline: Option<Pin<Box<Sleep>>> = None;
+
+    // Frames the client sent right behind its handshake.
+    if !leftover.is_empty() {
+        if let Err(e) = parser.feed(leftover, config.max_message_bytes, &mut incoming) {
+            return End::from_wire(e);
+        }
+        for message in incoming.drain(..) {
+            let end = Box::pin(on_message(
+                hub,
+                handle,
+                &sender,
+                &mut limits,
+                &mut in_flight,
+                message,
+            ))
+            .await;
+            if let Some(end) = end {
+                return end;
+            }
+        }
+    }
+
+    loop {
+        let draining = drain_deadline.is_some();
+        let can_read = !draining && in_flight.len() < config.max_in_flight_per_connection;
+        tokio::select! {
+            biased;
+            () = outbox.wait() => {
+                if let Err(end) = Box::pin(write_out(outbox, config.write_timeout())).await {
+                    return end;
+                }
+            }
+            Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
+                outbox.push(answer);
+            }
+            () = &mut shutdown, if !draining => {
+                drain_deadline = Some(Box::pin(tokio::time::sleep(config.shutdown_timeout())));
+            }
+            ready = socket.readable(), if can_read => {
+                if ready.is_err() {
+                    return End::Failed;
+                }
+                match read(socket, &mut parser, config.max_message_bytes, &mut incoming) {
+                    Ok(Read::Data) => last_inbound = Instant::now(),
+                    Ok(Read::Nothing) => continue,
+                                        Ok(Read::Eof) => return End::Failed,
+                    Err(ReadError::Io(e)) => {
+                        tracing::debug!(client = %handle.id(), error = %e, "read failed");
+                        return End::Failed;
+                    }
+                    Err(ReadError::Wire(e)) => return End::from_wire(e),
+                }
+                for message in incoming.drain(..) {
+                    let end = Box::pin(on_message(hub, handle, &sender, &mut limits, &mut in_flight, message)).await;
+                    if let Some(end) = end {
+                        return end;
+                    }
+                }
+            }
+            () = &mut heartbeat => {
+                let now = Instant::now();
+                if now.duration_since(last_inbound) >= silence_limit {
+                    return End::close(close::HEARTBEAT_TIMEOUT, "nothing received within the heartbeat bound", false);
+                }
+                if now >= next_ping {
+                    outbox.push(Frame::from(PING_FRAME));
+                    hub.stats.messages_out.ping.fetch_add(1, Ordering::Relaxed);
+                    next_ping = now + interval;
+                }
+                heartbeat.as_mut().reset(next_ping.min(last_inbound + silence_limit));
+            }
+            () = async {
+                match drain_deadline.as_mut() {
+                    Some(deadline) => deadline.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            }, if draining => {
+                return End::close(close::SERVICE_RESTART, "server shutting down", true);
+            }
+        }
+        if drain_deadline.is_some() && in_flight.is_empty() {
+            return End::close(close::SERVICE_RESTART, "server shutting down", true);
+        }
+    }
+}
+
+/// Writes what the socket did not take at once. A write blocked past
+/// `write_timeout`, or a kick meanwhile, ends the session.
+async fn write_out(outbox: &Outbox, write_timeout: std::time::Duration) -> Result<(), End> {
+    tokio::select! {
+        result = timeout(write_timeout, outbox.flush()) => match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(kick)) => Err(End::from_kick(kick)),
+            Err(_) => Err(End::close(
+                close::SLOW_CONSUMER,
+                "writes blocked longer than the write timeout",
+                false,
+            )),
+        },
+        // A slow-consumer kick must not wait for the timeout.
+        () = async {
+            loop {
+                outbox.wait().await;
+                if outbox.kicked().is_some() {
+                    return;
+                }
+            }
+        } => Err(outbox.kicked().map_or(End::Failed, End::from_kick)),
+    }
+}
+
+async fn on_message(
+    hub: &Arc<Hub>,
+    handle: &Arc<ClientHandle>,
+    sender: &Sender,
+    limits: &mut Limits,
+    in_flight: &mut InFlight,
+    message: Incoming,
+) -> Option<End> {
+    match message {
+        Incoming::Text(text) => on_text(hub, handle, sender, limits, in_flight, &text).await,
+        Incoming::Binary(_) => on_invalid(
+            hub,
+            handle.outbox(),
+            limits,
+            None,
+            ErrorCode::MalformedFrame,
+            "binary frames are not part of pubsub.v1.json",
+        ),
+        Incoming::Ping(payload) => {
+            handle.outbox().push(Frame::raw(ws_pong(&payload)));
+            None
+        }
+        Incoming::Pong => None,
+        Incoming::Close(code) => Some(End::ClientClosed(code)),
+    }
+}
+
+async fn on_text(
+    hub: &Arc<Hub>,
+    handle: &Arc<ClientHandle>,
+    sender: &Sender,
+    limits: &mut Limits,
+    in_flight: &mut InFlight,
+    text: &str,
+) -> Option<End> {
+    let outbox = handle.outbox();
+    let frame = match decode_client_frame(text, &hub.decode_limits) {
+        Ok(frame) => frame,
+        Err(e) => return on_invalid(hub, outbox, limits, e.id.as_ref(), e.code, &e.message),
+    };
+    match frame {
+        ClientFrame::Activity { id, active } => {
+            if !allow(&mut limits.requests) {
+                if let Some(id) = id {
+                    outbox.push(rate_limited(hub, &id));
+                }
+                return None;
+            }
+            if let Some(answer) = hub.activity(handle, id.as_ref(), active).await {
+                outbox.push(answer);
+            }
+        }
+        ClientFrame::Pong => {
+            hub.stats.messages_in.pong.fetch_add(1, Ordering::Relaxed);
+        }
+        ClientFrame::Ping { id } => {
+            hub.stats.messages_in.ping.fetch_add(1, Ordering::Relaxed);
+            hub.stats.messages_out.pong.fetch_add(1, Ordering::Relaxed);
+            outbox.push(Frame::from(encode_pong(id.as_ref())));
+        }
+        ClientFrame::Request(request) => {
+            if !allow(&mut limits.requests) {
+                outbox.push(rate_limited(hub, request.id()));
+                return None;
+            }
+            match hub.handle_request(handle, sender, request).await {
+                Answer::Now(frame) => {
+                    outbox.push(frame);
+                }
+                Answer::Later(mut answer) => {
+                    // Most handlers answer at once: try before parking the call.
+                    match std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await {
+                        Poll::Ready(frame) => {
+                            outbox.push(frame);
+                        }
+                        Poll::Pending => in_flight.push(answer),
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+fn rate_limited(hub: &Hub, id: &MessageId) -> Frame {
+    hub.error_frame(
+        Some(id),
+        ErrorCode::RateLimited,
+        "too many requests per second on this connection",
+    )
+}
+
+/// Answers an invalid frame with an error and closes the connection once the
+/// client has spent its budget of invalid frames.
+fn on_invalid(
+    hub: &Hub,
+    outbox: &Outbox,
+    limits: &mut Limits,
+    id: Option<&MessageId>,
+    code: ErrorCode,
+    message: &str,
+) -> Option<End> {
+    hub.stats
+        .messages_in
+        .invalid
+        .fetch_add(1, Ordering::Relaxed);
+    outbox.push(hub.error_frame(id, code, message));
+    if allow(&mut limits.invalid) {
+        None
+    } else {
+        Some(End::close(
+            close::TOO_MANY_ERRORS,
+            "too many invalid frames",
+            true,
+        ))
+    }
+}
+
+impl End {
+    pub(super) fn from_wire(error: WireError) -> Self {
+        match error {
+            WireError::TooBig => End::close(
+                close::MESSAGE_TOO_BIG,
+                "message larger than maxMessageBytes",
+                true,
+            ),
+            WireError::InvalidUtf8 => End::close(
+                close::INVALID_PAYLOAD,
+                "text frame is not valid UTF-8",
+                true,
+            ),
+            WireError::Protocol(_) => {
+                End::close(close::PROTOCOL_ERROR, "WebSocket protocol violation", false)
+            }
+        }
+    }
+}
