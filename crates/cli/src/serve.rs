@@ -36,9 +36,10 @@ pub async fn run(config: Option<&Path>, overrides: &Overrides) -> anyhow::Result
         builder = builder.node_id(node.clone());
     }
     if settings.handler == BuiltinHandler::Echo {
-        builder = builder.handler(handler_fn(
-            |_ctx, action| async move { Ok(action.to_value()) },
-        ));
+        // Replies with the action's own bytes (no parse into a tree and back).
+        builder = builder.handler(handler_fn(|_ctx, action| async move {
+            Ok(action.raw().to_owned())
+        }));
     }
     builder = builder.topic_policy(TopicPatterns {
         join: settings.topics.join.clone(),

@@ -2,9 +2,12 @@
 //! which go through the retry window: delivered or handled once per (user,
 //! message id), every retry answered with the first outcome.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 use futures_util::FutureExt;
 use pubsub_protocol::server_frame::{
@@ -222,40 +225,46 @@ impl Hub {
         );
         let action = action.to_owned();
         Answer::Later(Box::pin(async move {
-            let call = AssertUnwindSafe(handler.handle(ctx, action)).catch_unwind();
-            let (frame, remember) =
-                match tokio::time::timeout(hub.config.handler_timeout(), call).await {
-                    Ok(Ok(Ok(reply))) => (hub.ack_frame(&id, reply.as_raw()), true),
-                    Ok(Ok(Err(e))) => {
-                        hub.stats.error(ErrorCode::HandlerError);
-                        let data = e
-                            .data
-                            .as_ref()
-                            .and_then(|d| serde_json::value::to_raw_value(d).ok());
-                        let frame = Frame::from(encode_error(ErrorParts {
-                            id: Some(&id),
-                            code: ErrorCode::HandlerError,
-                            message: &e.message,
-                            retryable: e.retryable,
-                            data: data.as_deref(),
-                        }));
-                        (frame, !e.retryable)
-                    }
-                    Ok(Err(_panic)) => {
-                        tracing::error!(message_id = %id, "handler panicked");
-                        let frame =
-                            hub.error_frame(Some(&id), ErrorCode::Internal, "the handler failed");
-                        (frame, false)
-                    }
-                    Err(_elapsed) => {
-                        let message = format!(
-                            "the handler did not answer within {} ms",
-                            hub.config.handler_timeout_ms
-                        );
-                        let frame = hub.error_frame(Some(&id), ErrorCode::HandlerTimeout, &message);
-                        (frame, false)
-                    }
-                };
+            let mut call = AssertUnwindSafe(handler.handle(ctx, action)).catch_unwind();
+            // Most handlers answer without waiting: only arm the timeout
+            // (a timer registration) for those that do not.
+            let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut call).poll(cx))).await;
+            let outcome = match first {
+                Poll::Ready(result) => Ok(result),
+                Poll::Pending => tokio::time::timeout(hub.config.handler_timeout(), call).await,
+            };
+            let (frame, remember) = match outcome {
+                Ok(Ok(Ok(reply))) => (hub.ack_frame(&id, reply.as_raw()), true),
+                Ok(Ok(Err(e))) => {
+                    hub.stats.error(ErrorCode::HandlerError);
+                    let data = e
+                        .data
+                        .as_ref()
+                        .and_then(|d| serde_json::value::to_raw_value(d).ok());
+                    let frame = Frame::from(encode_error(ErrorParts {
+                        id: Some(&id),
+                        code: ErrorCode::HandlerError,
+                        message: &e.message,
+                        retryable: e.retryable,
+                        data: data.as_deref(),
+                    }));
+                    (frame, !e.retryable)
+                }
+                Ok(Err(_panic)) => {
+                    tracing::error!(message_id = %id, "handler panicked");
+                    let frame =
+                        hub.error_frame(Some(&id), ErrorCode::Internal, "the handler failed");
+                    (frame, false)
+                }
+                Err(_elapsed) => {
+                    let message = format!(
+                        "the handler did not answer within {} ms",
+                        hub.config.handler_timeout_ms
+                    );
+                    let frame = hub.error_frame(Some(&id), ErrorCode::HandlerTimeout, &message);
+                    (frame, false)
+                }
+            };
             ticket.settle(&frame, remember);
             frame
         }))

@@ -19,8 +19,10 @@ use tokio::time::Instant;
 
 use crate::connection::Frame;
 
-/// Fixed per-entry overhead counted against a user's byte budget.
-const ENTRY_OVERHEAD: usize = 64;
+/// Per-entry memory besides the id and the frame (map slot, order slot,
+/// allocation headers), counted against a user's byte budget so the budget
+/// is close to what the entries really cost.
+const ENTRY_OVERHEAD: usize = 160;
 
 enum Entry {
     Pending(Vec<oneshot::Sender<Frame>>),
