@@ -8,6 +8,8 @@
 //! - outbox.rs: direct writes, and the bounded queue for what the socket
 //!   did not take. handle.rs: what engines hold. budget.rs: token buckets.
 
+#[cfg(test)]
+mod autobahn;
 mod budget;
 mod handle;
 mod outbox;

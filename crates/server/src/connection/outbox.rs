@@ -179,6 +179,13 @@ impl Outbox {
         self.wake.notify_one();
     }
 
+    /// Starts writing, with no first frame.
+    #[cfg(test)]
+    pub(crate) fn release(&self) {
+        self.queue.lock().held = false;
+        self.wake.notify_one();
+    }
+
     /// Asks the connection to close with `kick` (after what is queued,
     /// unless the kick is a slow consumer).
     pub(crate) fn kick(&self, kick: Kick) {

@@ -14,6 +14,11 @@ use crate::hub::Hub;
 
 pub(crate) use listener::accept_loop;
 
+#[cfg(test)]
+pub(crate) fn accept_key_for_tests(key: &[u8]) -> String {
+    upgrade::accept_key(key)
+}
+
 /// The server's own routes merged with the application's.
 pub(crate) fn router(hub: Arc<Hub>, extra: Router) -> Router {
     let own = Router::new()

@@ -211,7 +211,7 @@ fn handshake_of(request: &Request, remote_addr: SocketAddr) -> Handshake {
 }
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 4.2.2).
-fn accept_key(key: &[u8]) -> String {
+pub(super) fn accept_key(key: &[u8]) -> String {
     use base64::Engine;
     use sha1::{Digest, Sha1};
     const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
