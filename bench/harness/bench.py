@@ -32,18 +32,47 @@ BUILD = BENCH / ".build"  # peer build outputs (gitignored)
 ALL_TARGETS = ["pubsub", "echo", "ws", "socketio", "nats", "centrifuge"]
 # What each target can run.
 SUPPORTS = {
-    "rpc": {"pubsub", "echo", "ws", "socketio", "nats", "centrifuge"},
+    "rpc": {"pubsub", "echo", "echo-mt", "ws", "socketio", "nats", "centrifuge"},
     "idle": {"pubsub", "echo", "echo128k", "ws", "socketio", "nats", "centrifuge"},
     "fanout": {"pubsub", "ws", "socketio", "nats", "centrifuge"},
     "dm": {"pubsub", "ws", "socketio", "nats", "centrifuge"},
     "presence-churn": {"pubsub"},
     "slow-consumer": {"pubsub"},
 }
-GEN_TARGET = {"echo128k": "echo"}
+GEN_TARGET = {"echo128k": "echo", "echo-mt": "echo"}
 
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
+
+
+def background_cpu(interval=1.0):
+    """CPU busy on the machine over `interval`, in % of one core (0..100×cores),
+    measured while none of the harness's processes run: other people's work."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v), idle
+    try:
+        t0, i0 = snap()
+        time.sleep(interval)
+        t1, i1 = snap()
+        ncpu = os.cpu_count() or 1
+        return round(100.0 * ncpu * (1 - (i1 - i0) / max(t1 - t0, 1)), 1)
+    except OSError:
+        return -1.0
+
+
+def wait_quiet(max_wait, threshold=25.0):
+    """Waits (up to max_wait s) until other processes use < threshold % of a core."""
+    deadline = time.time() + max_wait
+    bg = background_cpu()
+    while bg > threshold and time.time() < deadline:
+        log(f"  machine busy ({bg:.0f}% of a core used by others); waiting")
+        time.sleep(4)
+        bg = background_cpu()
+    return bg
 
 
 def load_avg():
@@ -185,9 +214,11 @@ class Server:
                    "--port", str(self.port), "--log", "warn"]
             penv["PUBSUB_SERVER__MAX_REQUESTS_PER_SEC"] = "0"
             penv.update(extra_env or {})
-        elif target in ("echo", "echo128k"):
+        elif target in ("echo", "echo128k", "echo-mt"):
             rb = "131072" if target == "echo128k" else "4096"
             cmd = [str(env.bin_dir / "echo-floor"), "--port", str(self.port), "--read-buffer", rb]
+            if target == "echo-mt":
+                cmd.append("--multi-thread")
         elif target == "ws":
             cmd = ["node", str(PEERS / "node" / "ws-server.js")]
             penv["PORT"] = str(self.port)
@@ -261,6 +292,7 @@ def gen_args(workload, p):
 
 def run_one(env, workload, target, params, server_env=None):
     """Starts the server, runs the generator, returns the result dict (or an error dict)."""
+    bg = wait_quiet(env.args.wait_quiet) if env.args.wait_quiet else background_cpu()
     t0 = time.time()
     load = load_avg()
     srv = Server(env, target, workload, server_env)
@@ -296,6 +328,7 @@ def run_one(env, workload, target, params, server_env=None):
         srv.stop()
     res["target"] = target
     res["load_avg_before"] = load
+    res["background_cpu_pct_before"] = bg
     res["load_avg_after"] = load_avg()
     res["wall_s"] = round(time.time() - t0, 1)
     res["when"] = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -388,7 +421,7 @@ HEADERS = {
            "server CPU", "gen CPU", "keeps up"],
     "presence-churn": ["target", "held", "connects/s", "events/s", "lost", "ONLINE p50 ms", "ONLINE p99 ms",
                        "OFFLINE p50 ms", "OFFLINE p99 ms", "OFFLINE max ms", "RSS 1st half MiB", "RSS 2nd half MiB",
-                       "drift MiB/min"],
+                       "2nd-half slope MiB/min"],
     "slow-consumer": ["target", "subs", "offered/s", "loss (others)", "others p99 before ms", "others p99 after ms",
                       "RSS start MiB", "RSS max MiB", "slow client closed", "slowConsumer count"],
 }
@@ -401,9 +434,11 @@ def keeps_up(r):
 
 
 def drift_mib_per_min(r):
+    """RSS slope over the second half of the window (the first half includes
+    the allocator warming up and the first churn cycles)."""
     s = (r.get("server") or {}).get("samples") or []
     dur = r.get("window_s", 0)
-    pts = [(t, k) for t, k in s if 0 <= t <= dur]
+    pts = [(t, k) for t, k in s if dur / 2 <= t <= dur]
     if len(pts) < 4:
         return 0.0
     n = len(pts)
@@ -499,14 +534,19 @@ def charts(out_dir, workload, results):
 
 
 def sweep(env, workload, targets, param_sets, server_env=None):
+    """Runs every (parameters, target) pair, targets interleaved per parameter
+    set, so the servers compared at one point are measured minutes apart at most."""
     results = []
+    runnable = []
     for target in targets:
         if target not in SUPPORTS[workload]:
             log(f"skip {target}: no {workload} workload for it")
             continue
-        if target not in ("pubsub", "echo", "echo128k") and not env.ensure(target):
+        if not target.startswith(("pubsub", "echo")) and not env.ensure(target):
             continue
-        for p in param_sets:
+        runnable.append(target)
+    for p in param_sets:
+        for target in runnable:
             log(f"[{time.strftime('%H:%M:%S')}] {workload} {target} {p}  (load avg {load_avg():.2f})")
             r = run_one(env, workload, target, p, server_env)
             if r.get("error"):
@@ -523,11 +563,14 @@ def csv(v, typ=float):
 def do_workload(env, args, workload, quiet=False):
     d = args.duration
     targets = csv(args.targets, str) if args.targets else None
-    server_env = {}
+    server_env = dict(kv.split("=", 1) for kv in (args.server_env or []))
     if workload == "rpc":
         targets = targets or ALL_TARGETS
         ps = [{"conns": int(c), "duration": d, "inflight": args.inflight, "rate": args.rate or None}
               for c in csv(args.conns or "100,2000", int)]
+        if args.rpc_kind:
+            for p in ps:
+                p["rpc-kind"] = args.rpc_kind
     elif workload == "idle":
         targets = targets or ALL_TARGETS + ["echo128k"]
         ps = [{"conns": int(c), "tabs": 3, "idle": args.idle, "duration": 0.1, "warmup": 0, "drain": 0}
@@ -555,6 +598,142 @@ def do_workload(env, args, workload, quiet=False):
     if not args.no_save:
         save(Path(args.out), workload, results, args.fresh)
     return results
+
+
+# ---------------------------------------------------------------- report
+
+
+def best(rs, f):
+    rs = [r for r in rs if not r.get("error")]
+    return max(rs, key=f) if rs else None
+
+
+def max_sustained(rs, target):
+    ok = [r["offered_per_s"] for r in rs if r["target"] == target and not r.get("error") and keeps_up(r)]
+    return max(ok) if ok else 0.0
+
+
+def verdict(ok):
+    return "**met**" if ok else "**missed**"
+
+
+def targets_report(data):
+    """The issue's targets, each with met/missed and by how much."""
+    out = ["| target (issue 6) | measured | verdict |", "|---|---|---|"]
+    rpc = data.get("rpc", [])
+    peers = ("ws", "socketio", "nats", "centrifuge")
+    for conns, rate_goal, p99_goal in ((100, 200e3, 1.0), (2000, 180e3, 20.0)):
+        rs = [r for r in rpc if r["params"]["rpc"]["conns"] == conns and not r.get("error") and not r["sweep"].get("rate")]
+        ours = next((r for r in rs if r["target"] == "pubsub"), None)
+        if not ours:
+            continue
+        rps, p99 = ours["received_per_s"], ours["latency"]["p99_ms"]
+        out.append(f"| rpc {conns} conns ≥ {kfmt(rate_goal)}/s | {kfmt(rps)}/s ({rps / rate_goal:.0%} of goal) | {verdict(rps >= rate_goal)} |")
+        out.append(f"| rpc {conns} conns p99 ≤ {p99_goal:g} ms | {ms(p99)} ms | {verdict(p99 <= p99_goal)} |")
+        bp = best([r for r in rs if r["target"] in peers], lambda r: r["received_per_s"])
+        if conns == 100 and bp:
+            ratio = rps / bp["received_per_s"]
+            out.append(f"| rpc 100 ≥ 1.5× best peer | {ratio:.2f}× {bp['target']} ({kfmt(bp['received_per_s'])}/s) | {verdict(ratio >= 1.5)} |")
+        floor = next((r for r in rs if r["target"] == "echo"), None)
+        if conns == 100 and floor:
+            ratio = rps / floor["received_per_s"]
+            out.append(f"| rpc 100 ≥ 0.9× bare echo floor | {ratio:.2f}× ({kfmt(floor['received_per_s'])}/s) | {verdict(ratio >= 0.9)} |")
+    idle = [r for r in data.get("idle", []) if not r.get("error")]
+    if idle:
+        top = max(r["conns"] for r in idle)
+        ours = next((r for r in idle if r["target"] == "pubsub" and r["conns"] == top), None)
+        ws = next((r for r in idle if r["target"] == "ws" and r["conns"] == top), None)
+        if ours:
+            kib = srv(ours, "rss_per_conn_bytes") / 1024
+            out.append(f"| idle ≤ 3 KiB/conn at {top} conns | {kib:.1f} KiB ({kib / 3:.1f}× the goal) | {verdict(kib <= 3)} |")
+            if ws:
+                wk = srv(ws, "rss_per_conn_bytes") / 1024
+                out.append(f"| idle below node `ws` | ws {wk:.1f} KiB | {verdict(kib < wk)} |")
+    fan = [r for r in data.get("fanout", []) if not r.get("error")]
+    if fan:
+        at400 = next((r for r in fan if r["target"] == "pubsub" and abs(r["offered_per_s"] - 400e3) < 1), None)
+        if at400:
+            ok = keeps_up(at400) and at400["latency"]["p99_ms"] <= 50
+            out.append(f"| fanout 400k/s keeps up, p99 ≤ 50 ms | {'keeps up' if keeps_up(at400) else 'saturated'}, "
+                       f"p99 {ms(at400['latency']['p99_ms'])} ms | {verdict(ok)} |")
+        ours, nats = max_sustained(fan, "pubsub"), max_sustained(fan, "nats")
+        top = max(r["offered_per_s"] for r in fan if r["target"] == "pubsub")
+        if nats:
+            ratio = ours / nats
+            more = " (lower bound: the highest rate tried)" if ours >= top else ""
+            out.append(f"| fanout max sustained ≥ 1.25× nats | {kfmt(ours)} vs {kfmt(nats)}/s = {ratio:.2f}×{more} | {verdict(ratio >= 1.25)} |")
+    dm = [r for r in data.get("dm", []) if not r.get("error")]
+    if dm:
+        ours = max_sustained(dm, "pubsub")
+        peer_best = max(((max_sustained(dm, t), t) for t in peers), default=(0, "-"))
+        if peer_best[0]:
+            ratio = ours / peer_best[0]
+            out.append(f"| dm ≥ 2× best peer (max sustained deliveries/s) | {kfmt(ours)} vs {peer_best[1]} {kfmt(peer_best[0])} = {ratio:.2f}× | {verdict(ratio >= 2)} |")
+    ch = [r for r in data.get("presence-churn", []) if not r.get("error") and r["target"] == "pubsub"]
+    if ch:
+        r = ch[-1]
+        p_on, p_off = r["latency"]["p99_ms"], (r.get("latency_b") or {}).get("p99_ms", 0)
+        out.append(f"| presence events p99 ≤ 50 ms | ONLINE {ms(p_on)} ms, OFFLINE {ms(p_off)} ms after the grace period | {verdict(max(p_on, p_off) <= 50)} |")
+        s = r.get("server") or {}
+        a, b = s.get("rss_first_half_avg_kib") or 0, s.get("rss_second_half_avg_kib") or 0
+        slope = drift_mib_per_min(r)
+        rel = slope / (b / 1024) if b else 0
+        out.append(f"| presence-churn: no memory growth | half-window averages {a / 1024:.1f} → {b / 1024:.1f} MiB; "
+                   f"second-half slope {slope:+.2f} MiB/min ({rel:+.2%} of RSS per minute) over a {r['window_s']:.0f} s run | "
+                   f"{verdict(rel <= 0.01)} (criterion: ≤ 1% of RSS per minute once warm) |")
+    sc = [r for r in data.get("slow-consumer", []) if not r.get("error") and r["target"] == "pubsub"]
+    if sc:
+        r = sc[-1]
+        s = r.get("server") or {}
+        grow = ((s.get("rss_max_kib") or 0) - (s.get("rss_start_kib") or 0)) / 1024
+        a, b = r["latency"]["p99_ms"], (r.get("latency_b") or {}).get("p99_ms", 0)
+        closed = (r.get("extra") or {}).get("slow_closed_by_server")
+        ok = bool(closed) and grow < 64 and b <= max(1.5 * a, a + 5)
+        out.append(f"| slow-consumer bounded, others' p99 unchanged | RSS +{grow:.0f} MiB, others' p99 {ms(a)} → {ms(b)} ms, "
+                   f"slow client closed by server: {closed} | {verdict(ok)} |")
+    return "\n".join(out)
+
+
+def report(args):
+    out_dir = Path(args.out)
+    data = {}
+    for w in HEADERS:
+        p = out_dir / f"{w}.json"
+        if p.exists():
+            data[w] = json.loads(p.read_text())
+    lines = []
+    lines.append("### Targets\n")
+    lines.append(targets_report(data))
+    for w, rs in data.items():
+        rows = [row_for(w, r) for r in sorted(rs, key=lambda r: (r["target"], json.dumps(r.get("sweep"), sort_keys=True)))]
+        rows = [r for r in rows if r]
+        when = sorted({r.get("when", "")[:16] for r in rs if r.get("when")})
+        loads = [r.get("load_avg_before", 0) for r in rs if r.get("load_avg_before") is not None]
+        bgs = [r["background_cpu_pct_before"] for r in rs if r.get("background_cpu_pct_before") is not None]
+        lines.append(f"\n### {w}\n")
+        note = f"Measured {when[0] if when else '?'} … {when[-1] if when else '?'}"
+        if loads:
+            note += f"; 1-minute load average before the runs {min(loads):.2f} … {max(loads):.2f}"
+        if bgs:
+            note += f"; CPU used by other processes just before each run {min(bgs):.0f} … {max(bgs):.0f}% of a core"
+        lines.append(note + ".\n")
+        lines.append(table(HEADERS[w], rows))
+        errs = [r for r in rs if r.get("error")]
+        for r in errs:
+            lines.append(f"\n- {r['target']} failed: {r['error']}")
+    text = "\n".join(lines) + "\n"
+    if args.write:
+        doc = Path(args.write)
+        d = doc.read_text()
+        b, e = "<!-- results:begin -->", "<!-- results:end -->"
+        if b in d and e in d:
+            d = d[: d.index(b) + len(b)] + "\n" + text + d[d.index(e):]
+            doc.write_text(d)
+            log(f"wrote the results section of {doc}")
+        else:
+            raise SystemExit(f"{doc} has no {b} … {e} section")
+    else:
+        print(text)
 
 
 # ---------------------------------------------------------------- smoke
@@ -606,13 +785,15 @@ def smoke(env, args):
 
 def main():
     ap = argparse.ArgumentParser(prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("workload", choices=["rpc", "idle", "fanout", "dm", "presence-churn", "slow-consumer", "all", "smoke"])
+    ap.add_argument("workload", choices=["rpc", "idle", "fanout", "dm", "presence-churn", "slow-consumer", "all", "smoke",
+                                        "report"])
     ap.add_argument("--targets", help="comma-separated: pubsub,echo,echo128k,ws,socketio,nats,centrifuge")
     ap.add_argument("--conns", help="rpc/idle: comma-separated connection counts")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     ap.add_argument("--inflight", type=int, default=1)
     ap.add_argument("--rate", help="rpc: total req/s (open loop); fanout/slow-consumer: offered deliveries/s "
                                    "(comma list); dm: sends/s per user (comma list)")
+    ap.add_argument("--rpc-kind", help="rpc, PubSub only: `self-send` (sendToUser to oneself) instead of sendToServer")
     ap.add_argument("--idle", type=float, default=10.0, help="idle: seconds idle while measuring CPU")
     ap.add_argument("--subs", type=int)
     ap.add_argument("--pad", type=int)
@@ -632,12 +813,19 @@ def main():
     ap.add_argument("--gen-core", default="1")
     ap.add_argument("--perf", help="record a perf profile of the server into this directory")
     ap.add_argument("--perf-args", default="-g", help="extra perf record arguments [-g]")
+    ap.add_argument("--server-env", action="append", help="extra KEY=VALUE for the PubSub server (repeatable)")
+    ap.add_argument("--write", help="report: replace the results section of this markdown file")
+    ap.add_argument("--wait-quiet", type=float, default=0,
+                    help="before each run, wait up to this many seconds for other processes to go quiet")
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between runs")
     args = ap.parse_args()
     if args.profile is None:
         args.profile = "debug" if args.workload == "smoke" else "release"
     if args.out is None:
-        args.out = str(REPO / "docs" / "bench") if args.workload == "all" else str(BENCH / "results")
+        args.out = str(REPO / "docs" / "bench") if args.workload in ("all", "report") else str(BENCH / "results")
+    if args.workload == "report":
+        report(args)
+        return
     env = Env(args)
     env.build_rust()
     log(f"machine: {os.cpu_count()} cores, load avg {load_avg():.2f}; server on core {args.server_core}, "

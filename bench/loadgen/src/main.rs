@@ -100,6 +100,11 @@ pub enum Workload {
         /// Total requests per second, open loop (0: closed loop, as fast as answered).
         #[arg(long, default_value_t = 0.0)]
         rate: f64,
+        /// PubSub only, for diagnosis: `self-send` replaces sendToServer with a
+        /// sendToUser to the connection's own user (answered without the
+        /// handler path; the delivered message is the "answer").
+        #[arg(long, default_value = "handler")]
+        rpc_kind: String,
     },
     /// Idle connections of users with several tabs: memory, connect time, idle CPU.
     Idle {

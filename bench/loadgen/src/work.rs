@@ -141,6 +141,7 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
             conns: _,
             inflight,
             rate,
+            rpc_kind,
             ..
         } => {
             let total = w.main_population();
@@ -155,7 +156,14 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
                     setup.rpc_subject = Some(format!("e.{}", tag(i)));
                     setup.echo = true;
                 }
-                let mut tpl = c.target.rpc_template(&tag(i));
+                let mut tpl = if rpc_kind == "self-send" && c.target == Target::Pubsub {
+                    Template::new(&format!(
+                        r#"{{"kind":"sendToUser","id":"{}-{{SEQ}}","to":"r{i}","action":{{"type":"e","t":{{TS}}}}}}"#,
+                        tag(i)
+                    ))
+                } else {
+                    c.target.rpc_template(&tag(i))
+                };
                 tokio::task::spawn_local(async move {
                     let Some(s) = ctl.open(&c, index, i, &setup, None).await else {
                         return;
@@ -461,14 +469,42 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
     let cpu1 = proc_cpu_s("self").unwrap_or(0.0);
     let mut r = stats::take_result(ctl.ready.get() as u64, cpu1 - cpu0);
     r.extra = ctl.extra.borrow().clone();
+    PER_CONN.with(|v| {
+        let mut v = v.borrow_mut();
+        if !v.is_empty() {
+            v.sort_unstable();
+            let q = |f: f64| v[((v.len() - 1) as f64 * f).round() as usize];
+            r.extra.insert(
+                "per_conn_answers".into(),
+                json!({"min": q(0.0), "p1": q(0.01), "p10": q(0.1), "p50": q(0.5), "max": q(1.0)}),
+            );
+        }
+    });
     println!("RESULT {}", serde_json::to_string(&r)?);
     std::io::stdout().flush()?;
     Ok(())
 }
 
+thread_local! {
+    /// Answers each closed-loop connection got inside the window (fairness).
+    static PER_CONN: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Closed loop: `inflight` requests outstanding per connection, a new one as
 /// soon as an answer arrives, until the window ends.
-async fn rpc_closed(mut s: Session, tpl: &mut Template, go: Go, inflight: usize) {
+async fn rpc_closed(s: Session, tpl: &mut Template, go: Go, inflight: usize) {
+    let mut answered = 0u64;
+    rpc_closed_inner(s, tpl, go, inflight, &mut answered).await;
+    PER_CONN.with(|v| v.borrow_mut().push(answered));
+}
+
+async fn rpc_closed_inner(
+    mut s: Session,
+    tpl: &mut Template,
+    go: Go,
+    inflight: usize,
+    answered: &mut u64,
+) {
     sleep_until(at(go.go_at)).await;
     let mut seq = 0u64;
     let mut outstanding = 0usize;
@@ -504,6 +540,9 @@ async fn rpc_closed(mut s: Session, tpl: &mut Template, go: Go, inflight: usize)
         }
         outstanding = outstanding.saturating_sub(found);
         let now = now_us();
+        if now >= go.start && now < go.end {
+            *answered += found as u64;
+        }
         if now < go.end {
             if found > 0 {
                 buf.clear();
