@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub max_in_flight_per_connection: usize,
     /// Open WebSocket connections per node; more are closed with 1013.
     pub max_connections: usize,
+    /// Pending TCP connections the kernel queues before the server accepts
+    /// them (capped by the kernel's `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Interval of the server's `ping`.
     pub heartbeat_interval_ms: u64,
     /// Extra silence tolerated after `heartbeat_interval_ms` before closing with 4504.
@@ -50,6 +53,8 @@ pub struct ServerConfig {
     pub retry_window_ms: u64,
     /// Memory for remembered outcomes per user; the oldest are forgotten first.
     pub retry_window_max_bytes_per_user: usize,
+    /// Memory for remembered outcomes on this node, all users together.
+    pub retry_window_max_bytes: usize,
     /// Longest a graceful shutdown waits for in-flight work before it stops anyway.
     pub shutdown_timeout_ms: u64,
 }
@@ -70,13 +75,15 @@ impl Default for ServerConfig {
             max_invalid_frames_per_min: 20,
             max_in_flight_per_connection: 64,
             max_connections: 100_000,
+            listen_backlog: 4096,
             heartbeat_interval_ms: defaults::DEFAULT_HEARTBEAT_MS,
             heartbeat_timeout_ms: defaults::DEFAULT_HEARTBEAT_TIMEOUT_MS,
             handshake_timeout_ms: 10_000,
             handler_timeout_ms: 30_000,
             write_timeout_ms: 10_000,
             retry_window_ms: 120_000,
-            retry_window_max_bytes_per_user: 256 * 1024,
+            retry_window_max_bytes_per_user: 64 * 1024,
+            retry_window_max_bytes: 64 * 1024 * 1024,
             shutdown_timeout_ms: 15_000,
         }
     }

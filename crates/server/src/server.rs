@@ -196,8 +196,16 @@ impl Server {
 
     /// Binds `addr` and starts serving.
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<RunningServer, StartError> {
-        let listener = TcpListener::bind(addr).await?;
-        self.serve(listener).await
+        let mut last_error = None;
+        for addr in tokio::net::lookup_host(addr).await? {
+            match listen(addr, self.hub.config.listen_backlog) {
+                Ok(listener) => return self.serve(listener).await,
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))
+            .into())
     }
 
     /// Starts serving on an already bound listener.
@@ -224,6 +232,20 @@ impl Server {
             accept,
         })
     }
+}
+
+/// A listener with a backlog sized for connect storms: the default of 128
+/// overflows while a busy node works through thousands of handshakes, and
+/// each overflow costs the client a one-second SYN retransmit.
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 async fn sweep_retry_window(hub: Arc<Hub>) {

@@ -73,6 +73,7 @@ impl Hub {
         let retry_window = RetryWindow::new(
             parts.config.retry_window(),
             parts.config.retry_window_max_bytes_per_user,
+            parts.config.retry_window_max_bytes,
         );
         Self {
             decode_limits: DecodeLimits {

@@ -6,12 +6,16 @@
 //! - a successful ack and a non-retryable error are remembered for the window;
 //! - a retryable error is forgotten at once, so the retry really runs again;
 //! - a retry that arrives while the first attempt still runs waits for its outcome;
-//! - each user's memory is capped in bytes; the oldest outcomes go first.
+//! - each user's memory is capped in bytes, and so is the node's; past a
+//!   cap the oldest outcomes go first (and with the node's cap reached and
+//!   nothing of their own to give up, a user's new outcomes are not kept).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use ahash::{HashMap, HashMapExt, RandomState};
 use dashmap::DashMap;
 use pubsub_protocol::{MessageId, UserId};
 use tokio::sync::oneshot;
@@ -29,7 +33,6 @@ enum Entry {
     Done(Frame),
 }
 
-#[derive(Default)]
 struct UserWindow {
     entries: HashMap<MessageId, Entry>,
     /// Completed entries, oldest first, with the time they completed.
@@ -37,31 +40,50 @@ struct UserWindow {
     bytes: usize,
 }
 
-impl UserWindow {
-    fn forget_oldest(&mut self) {
-        if let Some((_, id, cost)) = self.order.pop_front() {
-            self.bytes -= cost;
-            if matches!(self.entries.get(&id), Some(Entry::Done(_))) {
-                self.entries.remove(&id);
-            }
+impl Default for UserWindow {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
         }
     }
+}
 
-    fn expire(&mut self, now: Instant, window: Duration) {
+impl UserWindow {
+    /// Forgets the oldest completed outcome; returns the bytes freed.
+    fn forget_oldest(&mut self) -> usize {
+        let Some((_, id, cost)) = self.order.pop_front() else {
+            return 0;
+        };
+        self.bytes -= cost;
+        if matches!(self.entries.get(&id), Some(Entry::Done(_))) {
+            self.entries.remove(&id);
+        }
+        cost
+    }
+
+    /// Forgets outcomes older than the window; returns the bytes freed.
+    fn expire(&mut self, now: Instant, window: Duration) -> usize {
+        let mut freed = 0;
         while self
             .order
             .front()
             .is_some_and(|(at, ..)| now.duration_since(*at) >= window)
         {
-            self.forget_oldest();
+            freed += self.forget_oldest();
         }
+        freed
     }
 }
 
 struct Inner {
-    users: DashMap<UserId, UserWindow>,
+    users: DashMap<UserId, UserWindow, RandomState>,
     window: Duration,
     max_bytes_per_user: usize,
+    max_bytes_total: usize,
+    /// Bytes remembered across all users.
+    total_bytes: AtomicUsize,
 }
 
 /// Shared handle to the retry window.
@@ -80,18 +102,27 @@ pub(crate) enum Begin {
 }
 
 impl RetryWindow {
-    pub(crate) fn new(window: Duration, max_bytes_per_user: usize) -> Self {
+    pub(crate) fn new(window: Duration, max_bytes_per_user: usize, max_bytes_total: usize) -> Self {
         Self(Arc::new(Inner {
-            users: DashMap::new(),
+            users: DashMap::with_hasher(RandomState::new()),
             window,
             max_bytes_per_user,
+            max_bytes_total,
+            total_bytes: AtomicUsize::new(0),
         }))
+    }
+
+    fn freed(&self, bytes: usize) {
+        if bytes > 0 {
+            self.0.total_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn begin(&self, user: &UserId, id: &MessageId) -> Begin {
         let now = Instant::now();
         let mut w = self.0.users.entry(user.clone()).or_default();
-        w.expire(now, self.0.window);
+        let freed = w.expire(now, self.0.window);
+        self.freed(freed);
         match w.entries.get_mut(id) {
             Some(Entry::Done(frame)) => Begin::Replay(frame.clone()),
             Some(Entry::Pending(waiters)) => {
@@ -116,28 +147,43 @@ impl RetryWindow {
         let Some(mut w) = self.0.users.get_mut(user) else {
             return;
         };
-        let waiters = match w.entries.remove(id) {
-            Some(Entry::Pending(waiters)) => waiters,
-            Some(done @ Entry::Done(_)) => {
-                w.entries.insert(id.clone(), done);
-                return;
-            }
+        let waiters = match w.entries.get_mut(id) {
+            Some(Entry::Pending(waiters)) => std::mem::take(waiters),
+            Some(Entry::Done(_)) => return,
             None => Vec::new(),
         };
-        if let Some((frame, remember)) = outcome {
-            for waiter in waiters {
-                let _ = waiter.send(frame.clone());
-            }
-            if remember {
+        let mut freed = 0;
+        match outcome {
+            Some((frame, remember)) => {
+                for waiter in waiters {
+                    let _ = waiter.send(frame.clone());
+                }
                 let cost = id.as_str().len() + frame.len() + ENTRY_OVERHEAD;
-                w.entries.insert(id.clone(), Entry::Done(frame.clone()));
-                w.order.push_back((now, id.clone(), cost));
-                w.bytes += cost;
-                while w.bytes > self.0.max_bytes_per_user {
-                    w.forget_oldest();
+                let total = self.0.total_bytes.load(Ordering::Relaxed);
+                // At the node's cap, make room from this user's own oldest.
+                while remember
+                    && total + cost > self.0.max_bytes_total + freed
+                    && !w.order.is_empty()
+                {
+                    freed += w.forget_oldest();
+                }
+                if remember && total + cost <= self.0.max_bytes_total + freed {
+                    w.entries.insert(id.clone(), Entry::Done(frame.clone()));
+                    w.order.push_back((now, id.clone(), cost));
+                    w.bytes += cost;
+                    self.0.total_bytes.fetch_add(cost, Ordering::Relaxed);
+                    while w.bytes > self.0.max_bytes_per_user {
+                        freed += w.forget_oldest();
+                    }
+                } else {
+                    w.entries.remove(id);
                 }
             }
+            None => {
+                w.entries.remove(id);
+            }
         }
+        self.freed(freed);
         let empty = w.entries.is_empty();
         drop(w);
         if empty {
@@ -149,16 +195,23 @@ impl RetryWindow {
     pub(crate) fn sweep(&self) {
         let now = Instant::now();
         let window = self.0.window;
+        let mut freed = 0;
         self.0.users.retain(|_, w| {
-            w.expire(now, window);
+            freed += w.expire(now, window);
             !w.entries.is_empty()
         });
+        self.freed(freed);
     }
 
     /// Users with something remembered (for tests and stats).
     #[cfg(test)]
     fn users(&self) -> usize {
         self.0.users.len()
+    }
+
+    #[cfg(test)]
+    fn total_bytes(&self) -> usize {
+        self.0.total_bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -198,7 +251,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn remembered_outcomes_replay_until_the_window_ends() {
-        let w = RetryWindow::new(Duration::from_secs(120), 1 << 20);
+        let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
         let (u, m) = ids("u", "m1");
         let Begin::New(t) = w.begin(&u, &m) else {
             panic!()
@@ -211,7 +264,7 @@ mod tests {
 
     #[tokio::test]
     async fn retryable_outcomes_are_forgotten() {
-        let w = RetryWindow::new(Duration::from_secs(120), 1 << 20);
+        let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
         let (u, m) = ids("u", "m1");
         let Begin::New(t) = w.begin(&u, &m) else {
             panic!()
@@ -222,7 +275,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retry_in_flight_waits_for_the_first_outcome() {
-        let w = RetryWindow::new(Duration::from_secs(120), 1 << 20);
+        let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
         let (u, m) = ids("u", "m1");
         let Begin::New(t) = w.begin(&u, &m) else {
             panic!()
@@ -236,7 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn abandoned_attempts_release_waiters_and_the_id() {
-        let w = RetryWindow::new(Duration::from_secs(120), 1 << 20);
+        let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
         let (u, m) = ids("u", "m1");
         let Begin::New(t) = w.begin(&u, &m) else {
             panic!()
@@ -251,7 +304,7 @@ mod tests {
 
     #[tokio::test]
     async fn byte_budget_forgets_the_oldest_and_empty_users_are_dropped() {
-        let w = RetryWindow::new(Duration::from_secs(120), 3 * (ENTRY_OVERHEAD + 10));
+        let w = RetryWindow::new(Duration::from_secs(120), 3 * (ENTRY_OVERHEAD + 10), 1 << 30);
         let u = UserId::new("u").unwrap();
         for i in 0..10 {
             let m = MessageId::new(format!("m{i}")).unwrap();
@@ -275,5 +328,34 @@ mod tests {
         };
         t.settle(&Frame::from("e"), false);
         assert_eq!(w.users(), 1, "user v remembers nothing and is dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_node_cap_bounds_all_users_together() {
+        let cost = ENTRY_OVERHEAD + 2 + 8; // id "mN", frame "12345678" (2-byte header + 8)
+        let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 4 * cost + cost / 2);
+        for user in ["a", "b", "c"] {
+            let u = UserId::new(user).unwrap();
+            for i in 0..2 {
+                let m = MessageId::new(format!("m{i}")).unwrap();
+                let Begin::New(t) = w.begin(&u, &m) else {
+                    panic!()
+                };
+                t.settle(&Frame::from("12345678"), true);
+            }
+        }
+        assert!(
+            w.total_bytes() <= 4 * cost + cost / 2,
+            "{}",
+            w.total_bytes()
+        );
+        // c made room from its own oldest; a's and b's outcomes are intact.
+        assert!(matches!(
+            w.begin(&UserId::new("a").unwrap(), &MessageId::new("m1").unwrap()),
+            Begin::Replay(_)
+        ));
+        tokio::time::advance(Duration::from_secs(121)).await;
+        w.sweep();
+        assert_eq!(w.total_bytes(), 0, "expiry gives the bytes back");
     }
 }

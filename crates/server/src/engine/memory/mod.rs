@@ -479,7 +479,10 @@ impl Engine for MemoryEngine {
         except: Option<&ClientId>,
         frame: &Frame,
     ) -> Result<usize, EngineError> {
-        Ok(self.inner.topics.deliver(topic, except, frame))
+        let Some(members) = self.inner.topics.snapshot(topic) else {
+            return Ok(0);
+        };
+        Ok(topics::deliver_all(&members, |m| Some(m.id()) != except && m.deliver(frame)).await)
     }
 
     async fn topic_members(&self, topic: &Topic) -> Result<usize, EngineError> {
