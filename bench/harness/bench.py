@@ -194,10 +194,19 @@ def port_open(port, host="127.0.0.1"):
         return s.connect_ex((host, port)) == 0
 
 
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, never one handed out before in this run."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free port")
 
 
 class Server:
@@ -295,7 +304,16 @@ def run_one(env, workload, target, params, server_env=None):
     bg = wait_quiet(env.args.wait_quiet) if env.args.wait_quiet else background_cpu()
     t0 = time.time()
     load = load_avg()
-    srv = Server(env, target, workload, server_env)
+    srv = None
+    for attempt in range(2):
+        try:
+            srv = Server(env, target, workload, server_env)
+            break
+        except RuntimeError as e:
+            log(f"  {target} did not start ({str(e)[-200:]}); {'retrying' if attempt == 0 else 'giving up'}")
+    if srv is None:
+        return {"workload": workload, "target": target, "error": "server did not start", "params": params,
+                "sweep": params}
     try:
         gargs = gen_args(workload, params) + ["--target", GEN_TARGET.get(target, target), "--port", str(srv.port),
                                                "--server-pid", str(srv.pid)]
@@ -318,12 +336,13 @@ def run_one(env, workload, target, params, server_env=None):
             perf.wait()
         if r.returncode != 0 or not r.stdout.strip():
             err = (r.stderr.strip().splitlines() or ["no output"])[-1]
-            return {"workload": workload, "target": target, "error": err, "params": params}
+            return {"workload": workload, "target": target, "error": err, "params": params, "sweep": params}
         res = json.loads(r.stdout.strip().splitlines()[-1])
         if srv.proc.poll() is not None:
             res["error"] = f"server exited during the run: {srv.log_tail()[-300:]}"
     except subprocess.TimeoutExpired:
-        return {"workload": workload, "target": target, "error": "generator timed out", "params": params}
+        return {"workload": workload, "target": target, "error": "generator timed out", "params": params,
+                "sweep": params}
     finally:
         srv.stop()
     res["target"] = target
@@ -506,7 +525,7 @@ def charts(out_dir, workload, results):
     elif workload == "idle":
         per = {t: [(r["conns"], (srv(r, "rss_per_conn_bytes") or 0) / 1024) for r in ok if r["target"] == t] for t in targets}
         (out_dir / "idle-memory.svg").write_text(svg.lines("idle: server memory per connection (users with 3 tabs)",
-                                                           "KiB per connection", "connections", per))
+                                                           "KiB per connection (log)", "connections", per, log_y=True))
         tot = {t: [(r["conns"], (srv(r, "rss_after_idle_kib") or 0) / 1024) for r in ok if r["target"] == t] for t in targets}
         (out_dir / "idle-rss.svg").write_text(svg.lines("idle: server RSS vs connections", "MiB", "connections", tot))
         ct = {t: [(r["conns"], r["connect_wall_s"]) for r in ok if r["target"] == t] for t in targets}
@@ -545,13 +564,23 @@ def sweep(env, workload, targets, param_sets, server_env=None):
         if not target.startswith(("pubsub", "echo")) and not env.ensure(target):
             continue
         runnable.append(target)
+    misses = {t: 0 for t in runnable}
     for p in param_sets:
         for target in runnable:
+            # Rising-rate sweeps: a target that failed to keep up at two rates
+            # in a row is saturated; higher rates would only cost time.
+            if workload in ("fanout", "dm") and misses[target] >= 2:
+                log(f"skip {target} at {p.get('rate')}: saturated at two lower rates")
+                continue
             log(f"[{time.strftime('%H:%M:%S')}] {workload} {target} {p}  (load avg {load_avg():.2f})")
             r = run_one(env, workload, target, p, server_env)
             if r.get("error"):
                 log(f"  -> FAILED: {r['error']}")
+            elif workload in ("fanout", "dm"):
+                misses[target] = 0 if keeps_up(r) else misses[target] + 1
             results.append(r)
+            if not env.args.no_save:
+                save(Path(env.args.out), workload, [r], False)
             time.sleep(env.args.pause)
     return results
 
@@ -578,25 +607,26 @@ def do_workload(env, args, workload, quiet=False):
     elif workload == "fanout":
         targets = targets or ["pubsub", "nats", "ws", "socketio", "centrifuge"]
         ps = [{"subs": args.subs or 10000, "rate": r, "duration": d, "pad": args.pad or None,
-               "broadcast": args.broadcast} for r in csv(args.rate or "100000,200000,400000,600000,800000")]
+               "broadcast": args.broadcast}
+              for r in csv(args.rate or "100000,200000,400000,600000,800000,1000000,1200000,1500000,2000000,2500000")]
     elif workload == "dm":
         targets = targets or ["pubsub", "ws", "socketio", "nats", "centrifuge"]
         ps = [{"users": args.users or 3000, "tabs": 3, "rate": r, "duration": d, "single": args.single}
-              for r in csv(args.rate or "2,5,10,20")]
+              for r in csv(args.rate or "2,3,4,5,7,10")]
     elif workload == "presence-churn":
         targets = targets or ["pubsub"]
         ps = [{"held": args.held or 10000, "churn": args.churn or 200, "duration": d, "grace-ms": 5000}]
     elif workload == "slow-consumer":
         targets = targets or ["pubsub"]
-        ps = [{"subs": args.subs or 1000, "rate": (args.rate and csv(args.rate)[0]) or 50000, "duration": d,
-               "pad": args.pad or 512, "broadcast": args.broadcast}]
+        ps = [{"subs": args.subs or 200, "rate": (args.rate and csv(args.rate)[0]) or 100000, "duration": d,
+               "pad": args.pad or 1024, "broadcast": args.broadcast}]
         server_env["PUBSUB_SERVER__MAX_OUTBOUND_BYTES"] = str(args.max_outbound_bytes)
     else:
         raise SystemExit(f"unknown workload {workload}")
-    results = sweep(env, workload, targets, ps, server_env)
+    if args.fresh and not args.no_save:
+        (Path(args.out) / f"{workload}.json").unlink(missing_ok=True)
+    results = sweep(env, workload, targets, ps, server_env)  # saves after every run
     print_table(workload, results)
-    if not args.no_save:
-        save(Path(args.out), workload, results, args.fresh)
     return results
 
 

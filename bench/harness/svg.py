@@ -58,16 +58,16 @@ def _frame(title, ylabel, xlabel):
 
 
 def _yaxis(out, ymax, log=False, ymin=None):
-    ph = H - MT - MB
-    ticks = 5
-    for i in range(ticks + 1):
-        if log:
-            import math
+    import math
 
-            lo, hi = math.log10(ymin), math.log10(ymax)
-            v = 10 ** (lo + (hi - lo) * i / ticks)
-        else:
-            v = ymax * i / ticks
+    ph = H - MT - MB
+    if log:
+        lo, hi = round(math.log10(ymin)), round(math.log10(ymax))
+        ticks = max(hi - lo, 1)
+    else:
+        ticks = 5
+    for i in range(ticks + 1):
+        v = 10 ** (lo + i) if log else ymax * i / ticks
         y = MT + ph - ph * i / ticks
         out.append(f'<line x1="{ML}" y1="{y:.1f}" x2="{W - MR}" y2="{y:.1f}" stroke="#ddd"/>')
         out.append(f'<text x="{ML - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt(v)}</text>')
