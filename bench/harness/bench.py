@@ -299,6 +299,20 @@ def gen_args(workload, p):
     return a
 
 
+def server_build(env):
+    """Which source the PubSub binary under test was built from (best effort)."""
+    b = env.bin_dir / "pubsub"
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %cI"], capture_output=True,
+                              text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "crates"], capture_output=True,
+                               text=True).stdout.strip()
+        built = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(b.stat().st_mtime))
+        return f"binary built {built}Z; HEAD {head}{' (crates/ modified)' if dirty else ''}"
+    except OSError:
+        return "unknown"
+
+
 def run_one(env, workload, target, params, server_env=None):
     """Starts the server, runs the generator, returns the result dict (or an error dict)."""
     bg = wait_quiet(env.args.wait_quiet) if env.args.wait_quiet else background_cpu()
@@ -346,6 +360,8 @@ def run_one(env, workload, target, params, server_env=None):
     finally:
         srv.stop()
     res["target"] = target
+    if target == "pubsub":
+        res["server_build"] = server_build(env)
     res["load_avg_before"] = load
     res["background_cpu_pct_before"] = bg
     res["load_avg_after"] = load_avg()
@@ -651,14 +667,14 @@ def verdict(ok):
     return "**met**" if ok else "**missed**"
 
 
-def targets_report(data):
+def targets_report(data, ours_label="pubsub"):
     """The issue's targets, each with met/missed and by how much."""
     out = ["| target (issue 6) | measured | verdict |", "|---|---|---|"]
     rpc = data.get("rpc", [])
     peers = ("ws", "socketio", "nats", "centrifuge")
     for conns, rate_goal, p99_goal in ((100, 200e3, 1.0), (2000, 180e3, 20.0)):
         rs = [r for r in rpc if r["params"]["rpc"]["conns"] == conns and not r.get("error") and not r["sweep"].get("rate")]
-        ours = next((r for r in rs if r["target"] == "pubsub"), None)
+        ours = next((r for r in rs if r["target"] == ours_label), None)
         if not ours:
             continue
         rps, p99 = ours["received_per_s"], ours["latency"]["p99_ms"]
@@ -675,7 +691,7 @@ def targets_report(data):
     idle = [r for r in data.get("idle", []) if not r.get("error")]
     if idle:
         top = max(r["conns"] for r in idle)
-        ours = next((r for r in idle if r["target"] == "pubsub" and r["conns"] == top), None)
+        ours = next((r for r in idle if r["target"] == ours_label and r["conns"] == top), None)
         ws = next((r for r in idle if r["target"] == "ws" and r["conns"] == top), None)
         if ours:
             kib = srv(ours, "rss_per_conn_bytes") / 1024
@@ -685,25 +701,25 @@ def targets_report(data):
                 out.append(f"| idle below node `ws` | ws {wk:.1f} KiB | {verdict(kib < wk)} |")
     fan = [r for r in data.get("fanout", []) if not r.get("error")]
     if fan:
-        at400 = next((r for r in fan if r["target"] == "pubsub" and abs(r["offered_per_s"] - 400e3) < 1), None)
+        at400 = next((r for r in fan if r["target"] == ours_label and abs(r["offered_per_s"] - 400e3) < 1), None)
         if at400:
             ok = keeps_up(at400) and at400["latency"]["p99_ms"] <= 50
             out.append(f"| fanout 400k/s keeps up, p99 ≤ 50 ms | {'keeps up' if keeps_up(at400) else 'saturated'}, "
                        f"p99 {ms(at400['latency']['p99_ms'])} ms | {verdict(ok)} |")
-        ours, nats = max_sustained(fan, "pubsub"), max_sustained(fan, "nats")
-        top = max(r["offered_per_s"] for r in fan if r["target"] == "pubsub")
+        ours, nats = max_sustained(fan, ours_label), max_sustained(fan, "nats")
+        top = max(r["offered_per_s"] for r in fan if r["target"] == ours_label)
         if nats:
             ratio = ours / nats
             more = " (lower bound: the highest rate tried)" if ours >= top else ""
             out.append(f"| fanout max sustained ≥ 1.25× nats | {kfmt(ours)} vs {kfmt(nats)}/s = {ratio:.2f}×{more} | {verdict(ratio >= 1.25)} |")
     dm = [r for r in data.get("dm", []) if not r.get("error")]
     if dm:
-        ours = max_sustained(dm, "pubsub")
+        ours = max_sustained(dm, ours_label)
         peer_best = max(((max_sustained(dm, t), t) for t in peers), default=(0, "-"))
         if peer_best[0]:
             ratio = ours / peer_best[0]
             out.append(f"| dm ≥ 2× best peer (max sustained deliveries/s) | {kfmt(ours)} vs {peer_best[1]} {kfmt(peer_best[0])} = {ratio:.2f}× | {verdict(ratio >= 2)} |")
-    ch = [r for r in data.get("presence-churn", []) if not r.get("error") and r["target"] == "pubsub"]
+    ch = [r for r in data.get("presence-churn", []) if not r.get("error") and r["target"] == ours_label]
     if ch:
         r = ch[-1]
         p_on, p_off = r["latency"]["p99_ms"], (r.get("latency_b") or {}).get("p99_ms", 0)
@@ -717,7 +733,7 @@ def targets_report(data):
                    f"second-half slope {slope:+.2f} MiB/min ({rel:+.2%} of RSS per minute, ≈{slope * 1048576 / cycles:.0f} B per "
                    f"connect/disconnect cycle) over a {r['window_s']:.0f} s run | "
                    f"{verdict(rel <= 0.0025)} (criterion: ≤ 0.25% of RSS per minute once warm) |")
-    sc = [r for r in data.get("slow-consumer", []) if not r.get("error") and r["target"] == "pubsub"]
+    sc = [r for r in data.get("slow-consumer", []) if not r.get("error") and r["target"] == ours_label]
     if sc:
         r = sc[-1]
         s = r.get("server") or {}
@@ -738,8 +754,13 @@ def report(args):
         if p.exists():
             data[w] = json.loads(p.read_text())
     lines = []
-    lines.append("### Targets\n")
-    lines.append(targets_report(data))
+    labels = sorted({r["target"] for rs in data.values() for r in rs if r["target"].startswith("pubsub")},
+                    key=lambda t: (t != "pubsub", t))
+    for label in labels:
+        build = next((r.get("server_build") for rs in data.values() for r in rs
+                      if r["target"] == label and r.get("server_build")), "")
+        lines.append(f"### Targets: `{label}`" + (f" ({build})" if build else "") + "\n")
+        lines.append(targets_report(data, label) + "\n")
     for w, rs in data.items():
         rows = [row_for(w, r) for r in sorted(rs, key=lambda r: (r["target"], json.dumps(r.get("sweep"), sort_keys=True)))]
         rows = [r for r in rows if r]
