@@ -62,6 +62,13 @@ impl ClientHandle {
         self.outbox.push(frame.clone())
     }
 
+    /// Like [`ClientHandle::deliver`], but leaves the write to the client's
+    /// own task, where it is batched with whatever else is pending. For
+    /// deliveries to many clients at once (topics, announcements).
+    pub fn deliver_batched(&self, frame: &Frame) -> bool {
+        self.outbox.push_deferred(frame.clone())
+    }
+
     /// Marks the client gone: it accepts no more frames. Called when its
     /// connection ends, so stale references held elsewhere cost nothing.
     pub(crate) fn close(&self) {

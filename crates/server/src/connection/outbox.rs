@@ -169,6 +169,35 @@ impl Outbox {
         true
     }
 
+    /// Queues a frame for the connection's own task to write, never writing
+    /// from the caller. Used for large fan-outs: the publisher only queues
+    /// (cheap), and each member's task writes everything pending in one
+    /// vectored write, so under load several publications share a system
+    /// call instead of costing one each.
+    pub(crate) fn push_deferred(&self, frame: Frame) -> bool {
+        let mut q = self.queue.lock();
+        if q.kicked.is_some() {
+            return false;
+        }
+        let len = frame.len();
+        if q.bytes + len > self.max_bytes && !q.frames.is_empty() {
+            q.kicked = Some(Kick::slow_consumer());
+            q.frames = VecDeque::new();
+            q.bytes = 0;
+            drop(q);
+            self.wake.notify_one();
+            return false;
+        }
+        let first = q.frames.is_empty() && !q.held;
+        q.bytes += len;
+        q.frames.push_back(frame);
+        drop(q);
+        if first {
+            self.wake.notify_one();
+        }
+        true
+    }
+
     /// Queues `welcome` ahead of anything that raced it, and starts writing.
     pub(crate) fn release_with_first(&self, first: Frame) {
         let mut q = self.queue.lock();
