@@ -51,6 +51,9 @@ enum Command {
         /// Log filter [default: info].
         #[arg(long)]
         log: Option<String>,
+        /// Worker threads (one listener and single-threaded runtime each) [default: one per core].
+        #[arg(long)]
+        workers: Option<usize>,
         /// Serve a directory over HTTP: --static /demo=clients/js/demo (repeatable).
         #[arg(long = "static", value_name = "PREFIX=DIR", value_parser = parse_static)]
         static_dirs: Vec<(String, PathBuf)>,
@@ -86,7 +89,9 @@ fn parse_static(value: &str) -> Result<(String, PathBuf), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The connections run on `serve`'s worker threads (thread per core);
+    // this runtime only drives the CLI, the engine's timers and signals.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -106,6 +111,7 @@ fn main() -> ExitCode {
                 handler,
                 node_id,
                 log,
+                workers,
                 static_dirs,
             } => {
                 let overrides = Overrides {
@@ -115,6 +121,7 @@ fn main() -> ExitCode {
                     handler,
                     node_id,
                     log,
+                    workers,
                     static_dirs: (!static_dirs.is_empty())
                         .then(|| static_dirs.into_iter().collect()),
                 };

@@ -60,10 +60,15 @@ pub async fn run(config: Option<&Path>, overrides: &Overrides) -> anyhow::Result
     }
     let server = builder.routes(routes).build()?;
     let addr = SocketAddr::new(settings.bind, settings.port);
+    let workers = match settings.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let running = server
-        .bind(addr)
+        .bind_threads(addr, workers)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(workers, "serving");
     println!(
         "pubsub listening on ws://{}{} (stats: http://{}/stats)",
         running.local_addr(),

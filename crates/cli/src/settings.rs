@@ -42,6 +42,9 @@ pub struct Settings {
     pub node_id: Option<String>,
     /// `tracing` filter, e.g. `info` or `pubsub_server=debug`.
     pub log: String,
+    /// Worker threads, each with its own listener and single-threaded
+    /// runtime; 0 means one per available core.
+    pub workers: usize,
     /// Directories served over HTTP next to the WebSocket endpoint, as
     /// `"/prefix" = "directory"` (for the demo page and browser tests).
     #[serde(rename = "static")]
@@ -90,6 +93,7 @@ impl Default for Settings {
             handler: BuiltinHandler::None,
             node_id: None,
             log: "info".to_owned(),
+            workers: 0,
             static_dirs: Default::default(),
             presence_visibility: PresenceVisibility::All,
             topics: TopicRules::default(),
@@ -113,6 +117,8 @@ pub struct Overrides {
     pub node_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
     #[serde(rename = "static", skip_serializing_if = "Option::is_none")]
     pub static_dirs: Option<std::collections::BTreeMap<String, std::path::PathBuf>>,
 }

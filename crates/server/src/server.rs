@@ -208,30 +208,126 @@ impl Server {
             .into())
     }
 
-    /// Starts serving on an already bound listener.
+    /// Starts serving on an already bound listener, on the current runtime.
     pub async fn serve(self, listener: TcpListener) -> Result<RunningServer, StartError> {
         let local_addr = listener.local_addr()?;
+        let router = self.start().await?;
+        let accept = tokio::spawn(http::accept_loop(listener, router, self.hub.clone()));
+        Ok(RunningServer {
+            local_addr,
+            hub: self.hub,
+            accept: vec![accept],
+            workers: Vec::new(),
+        })
+    }
+
+    /// Binds `addr` `workers` times (SO_REUSEPORT) and serves each listener
+    /// from its own thread running a single-threaded runtime: thread per
+    /// core. The kernel spreads new connections over the listeners; a
+    /// connection then lives on one thread, and every thread reaches every
+    /// other's connections through the shared engine. Call from a runtime,
+    /// which runs the engine's and the hooks' own tasks.
+    ///
+    /// Compared with one work-stealing runtime, nothing migrates between
+    /// threads and no connection waits behind a full run queue: under
+    /// saturation every connection keeps its turn (see docs/benchmarks.md).
+    pub async fn bind_threads(
+        self,
+        addr: SocketAddr,
+        workers: usize,
+    ) -> Result<RunningServer, StartError> {
+        let listeners = reuseport_listeners(addr, workers.max(1), self.hub.config.listen_backlog)?;
+        let local_addr = listeners[0].local_addr()?;
+        let router = self.start().await?;
+        let mut threads = Vec::with_capacity(listeners.len());
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (hub, router) = (self.hub.clone(), router.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("pubsub-worker-{i}"))
+                .spawn(move || worker(hub, router, listener))?;
+            threads.push(thread);
+        }
+        Ok(RunningServer {
+            local_addr,
+            hub: self.hub,
+            accept: Vec::new(),
+            workers: threads,
+        })
+    }
+
+    /// Starts the engine and the server's own background tasks; returns the
+    /// router every accept loop serves.
+    async fn start(&self) -> Result<axum::Router, StartError> {
         self.hub
             .engine
             .start(self.hub.config.engine_settings())
             .await?;
         tokio::spawn(crate::hub::run_hooks(self.hub.clone()));
-        let router = http::router(self.hub.clone(), self.routes);
-        let accept = tokio::spawn(http::accept_loop(listener, router, self.hub.clone()));
         tokio::spawn(sweep_retry_window(self.hub.clone()));
         tracing::info!(
-            %local_addr,
             node = %self.hub.node,
             engine = self.hub.engine.name(),
             auth = self.hub.auth.mode(),
-            "pubsub listening"
+            "pubsub starting"
         );
-        Ok(RunningServer {
-            local_addr,
-            hub: self.hub,
-            accept,
-        })
+        Ok(http::router(self.hub.clone(), self.routes.clone()))
     }
+}
+
+/// One thread of `bind_threads`: a single-threaded runtime accepting on its
+/// own listener and running the connections it accepted until shutdown.
+fn worker(hub: Arc<Hub>, router: axum::Router, listener: std::net::TcpListener) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot use a listener");
+                return;
+            }
+        };
+        http::accept_loop(listener, router, hub.clone()).await;
+        // Keep running this thread's connections through the drain; the
+        // shutdown that stopped the accept loop closes the tracker.
+        let limit = hub.config.shutdown_timeout() + CLOSE_ALLOWANCE;
+        let _ = tokio::time::timeout(limit, hub.tasks.wait()).await;
+    });
+}
+
+/// `count` listeners on one address (the first one picks the port when it
+/// is 0), each with SO_REUSEPORT and a large backlog.
+fn reuseport_listeners(
+    addr: SocketAddr,
+    count: usize,
+    backlog: u32,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
 }
 
 /// A listener with a backlog sized for connect storms: the default of 128
@@ -264,7 +360,10 @@ async fn sweep_retry_window(hub: Arc<Hub>) {
 pub struct RunningServer {
     local_addr: SocketAddr,
     hub: Arc<Hub>,
-    accept: JoinHandle<()>,
+    /// Accept loops on the caller's runtime (`bind`, `serve`).
+    accept: Vec<JoinHandle<()>>,
+    /// Worker threads (`bind_threads`).
+    workers: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// How a graceful shutdown went.
@@ -296,7 +395,9 @@ impl RunningServer {
     /// Waits for a shutdown started elsewhere (`ServerHandle::shutdown`) to finish.
     pub async fn stopped(self) -> ShutdownReport {
         self.hub.shutdown.cancelled().await;
-        let _ = self.accept.await;
+        for accept in self.accept {
+            let _ = accept.await;
+        }
         self.hub.tasks.close();
         let limit = self.hub.config.shutdown_timeout() + CLOSE_ALLOWANCE;
         let clean = tokio::time::timeout(limit, self.hub.tasks.wait())
@@ -306,6 +407,15 @@ impl RunningServer {
             clean,
             remaining: self.hub.tasks.len(),
         };
+        // Each worker thread ends once its accept loop stopped and the
+        // tracker emptied (or its own bounded wait ran out).
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
+        .await;
         tracing::info!(
             clean = report.clean,
             remaining = report.remaining,

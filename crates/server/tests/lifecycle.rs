@@ -233,3 +233,51 @@ async fn the_server_drops_closed_clients_from_its_tables() {
     let ack = a.send_to_user(&json!({"type": "X"}), "B").await.unwrap();
     assert!(!ack.get("B").unwrap().online);
 }
+
+#[tokio::test]
+async fn thread_per_core_serving_reaches_every_connection_and_shuts_down() {
+    let server = pubsub_server::Server::builder()
+        .config(test_config())
+        .authenticator(pubsub_server::DevAuth)
+        .build()
+        .unwrap();
+    let running = server
+        .bind_threads("127.0.0.1:0".parse().unwrap(), 3)
+        .await
+        .unwrap();
+    let url = format!("ws://{}", running.local_addr());
+    // Enough connections that the kernel spreads them over all three threads.
+    let mut clients = Vec::new();
+    for i in 0..30 {
+        clients.push(
+            Client::connect(client_config(&url, &format!("u{}", i % 10)))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut inboxes: Vec<_> = clients.iter().map(|c| inbox(c, "HELLO")).collect();
+    let sender = Client::connect(client_config(&url, "sender"))
+        .await
+        .unwrap();
+    let to: Vec<String> = (0..10).map(|u| format!("u{u}")).collect();
+    let ack = sender
+        .send_to_user(&json!({"type": "HELLO"}), to)
+        .await
+        .unwrap();
+    assert_eq!(
+        ack.recipients.values().map(|r| r.clients).sum::<usize>(),
+        30
+    );
+    for rx in &mut inboxes {
+        recv(rx).await;
+    }
+    // Presence across threads: u0's three tabs live on different threads.
+    let p = sender.presence(["u0"]).await.unwrap();
+    assert_eq!(p["u0"].clients, 3);
+
+    let report = running.shutdown().await;
+    assert!(report.clean, "{report:?}");
+    for c in &clients {
+        c.wait_for_status(Status::Connecting).await;
+    }
+}
