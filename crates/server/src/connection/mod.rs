@@ -80,7 +80,7 @@ impl End {
 pub(crate) async fn serve_session(
     hub: Arc<Hub>,
     socket: Arc<TcpStream>,
-    leftover: bytes::Bytes,
+    leftover: Vec<u8>,
     identity: Identity,
     remote_addr: SocketAddr,
     active: bool,
@@ -104,7 +104,7 @@ pub(crate) async fn serve_session(
             tracing::debug!(client = %handle.id(), user = %handle.user(), %remote_addr, "connected");
             welcome(&hub, &handle, presence.clone());
             hub.hook(HookEvent::Connect(handle.info().clone(), presence));
-            let end = session::run(&hub, &handle, &socket, &leftover).await;
+            let end = session::run(&hub, &handle, &socket, leftover).await;
             let presence = hub.engine.detach(&handle).await;
             hub.hook(HookEvent::Disconnect(handle.info().clone(), presence));
             hub.stats.connections.closed.fetch_add(1, Ordering::Relaxed);
@@ -221,7 +221,7 @@ mod tests {
     use crate::hub::Hub;
 
     fn future_size<Fut>(
-        _: impl Fn(Arc<Hub>, Arc<TcpStream>, bytes::Bytes, Identity, SocketAddr, bool) -> Fut,
+        _: impl Fn(Arc<Hub>, Arc<TcpStream>, Vec<u8>, Identity, SocketAddr, bool) -> Fut,
     ) -> usize {
         std::mem::size_of::<Fut>()
     }

@@ -32,7 +32,7 @@ pub(super) async fn run(
     hub: &Arc<Hub>,
     handle: &Arc<ClientHandle>,
     socket: &TcpStream,
-    leftover: &[u8],
+    leftover: Vec<u8>,
 ) -> End {
     let config = &hub.config;
     let outbox = handle.outbox();
@@ -63,7 +63,7 @@ pub(super) async fn run(
 
     // Frames the client sent right behind its handshake.
     if !leftover.is_empty() {
-        if let Err(e) = parser.feed(leftover, config.max_message_bytes, &mut incoming) {
+        if let Err(e) = parser.feed(&leftover, config.max_message_bytes, &mut incoming) {
             return End::from_wire(e);
         }
         for message in incoming.drain(..) {

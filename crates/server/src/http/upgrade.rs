@@ -85,30 +85,13 @@ pub(super) async fn websocket(
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    let task_hub = hub.clone();
-    hub.tasks.spawn(async move {
-        let hub = task_hub;
-        let upgraded = match timeout(hub.config.handshake_timeout(), on_upgrade).await {
-            Ok(Ok(upgraded)) => upgraded,
-            _ => return,
-        };
-        // Our accept loop serves plain TCP streams; take the socket back from
-        // hyper to run our own framing on it.
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-            tracing::error!("upgraded connection is not a TCP stream");
-            return;
-        };
-        let socket = Arc::new(parts.io.into_inner());
-        match verdict {
-            Ok(identity) => {
-                serve_session(hub, socket, parts.read_buf, identity, remote_addr, active).await
-            }
-            Err((code, reason)) => {
-                tracing::debug!(%remote_addr, code, %reason, "connection refused");
-                refuse(socket, code, &reason).await;
-            }
-        }
-    });
+    hub.tasks.spawn(run_upgraded(
+        hub.clone(),
+        on_upgrade,
+        verdict,
+        remote_addr,
+        active,
+    ));
 
     let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -121,6 +104,53 @@ pub(super) async fn websocket(
     response
         .body(Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// What the task of an upgraded connection runs. Kept small on purpose: it
+/// is resident for the whole session, so the session and the refusal each
+/// live in their own allocation.
+async fn run_upgraded(
+    hub: Arc<Hub>,
+    on_upgrade: OnUpgrade,
+    verdict: Result<Identity, (u16, String)>,
+    remote_addr: SocketAddr,
+    active: bool,
+) {
+    let upgraded = match timeout(hub.config.handshake_timeout(), on_upgrade).await {
+        Ok(Ok(upgraded)) => upgraded,
+        _ => return,
+    };
+    // Our accept loop serves plain TCP streams; take the socket back from
+    // hyper to run our own framing on it.
+    let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        tracing::error!("upgraded connection is not a TCP stream");
+        return;
+    };
+    let socket = parts.io.into_inner();
+    forget_hypers_wakers(&socket);
+    let socket = Arc::new(socket);
+    match verdict {
+        Ok(identity) => {
+            // `read_buf` is a view into hyper's 8 KiB read buffer: copy the
+            // (usually empty) rest out so that buffer is freed now rather
+            // than held for the whole session.
+            let leftover = parts.read_buf.to_vec();
+            drop(parts.read_buf);
+            Box::pin(serve_session(
+                hub,
+                socket,
+                leftover,
+                identity,
+                remote_addr,
+                active,
+            ))
+            .await;
+        }
+        Err((code, reason)) => {
+            tracing::debug!(%remote_addr, code, %reason, "connection refused");
+            Box::pin(refuse(socket, code, &reason)).await;
+        }
+    }
 }
 
 /// Authenticates and verifies within the handshake timeout. The error is the
@@ -208,6 +238,16 @@ fn handshake_of(request: &Request, remote_addr: SocketAddr) -> Handshake {
         headers: headers.clone(),
         query,
     }
+}
+
+/// Replaces the wakers hyper's finished task left in the socket's
+/// registration (it read and wrote through the poll interface) with no-op
+/// ones; otherwise that finished task's memory stays allocated for the whole
+/// session.
+fn forget_hypers_wakers(socket: &TcpStream) {
+    let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
+    let _ = socket.poll_read_ready(&mut noop);
+    let _ = socket.poll_write_ready(&mut noop);
 }
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 4.2.2).

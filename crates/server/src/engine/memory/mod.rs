@@ -99,7 +99,7 @@ impl Default for MemoryEngine {
 
 impl MemoryEngine {
     pub fn new() -> Self {
-        let (status_changes, _) = broadcast::channel(4096);
+        let (status_changes, _) = broadcast::channel(1024);
         Self {
             inner: Arc::new(Inner {
                 users: DashMap::new(),
