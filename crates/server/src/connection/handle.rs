@@ -62,11 +62,19 @@ impl ClientHandle {
         self.outbox.push(frame.clone())
     }
 
-    /// Like [`ClientHandle::deliver`], but leaves the write to the client's
-    /// own task, where it is batched with whatever else is pending. For
-    /// deliveries to many clients at once (topics, announcements).
-    pub fn deliver_batched(&self, frame: &Frame) -> bool {
-        self.outbox.push_deferred(frame.clone())
+    /// Like [`ClientHandle::deliver`], but leaves the write to the thread's
+    /// flusher, which batches it with whatever else is pending for this
+    /// client. For deliveries to many clients at once (topics, announcements).
+    pub fn deliver_batched(self: &Arc<Self>, frame: &Frame) -> bool {
+        match self.outbox.push_deferred(frame.clone()) {
+            None => false,
+            Some(first) => {
+                if first {
+                    super::flusher::schedule(self);
+                }
+                true
+            }
+        }
     }
 
     /// Marks the client gone: it accepts no more frames. Called when its

@@ -6,11 +6,13 @@
 //! - session.rs: the loop — read and dispatch, heartbeat, limits, drain.
 //! - wire.rs: RFC 6455 framing. reader.rs: reads through a per-thread buffer.
 //! - outbox.rs: direct writes, and the bounded queue for what the socket
-//!   did not take. handle.rs: what engines hold. budget.rs: token buckets.
+//!   did not take. flusher.rs: write-behind for large fan-outs.
+//! - handle.rs: what engines hold. budget.rs: token buckets.
 
 #[cfg(test)]
 mod autobahn;
 mod budget;
+mod flusher;
 mod handle;
 mod outbox;
 mod reader;

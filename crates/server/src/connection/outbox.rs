@@ -169,15 +169,14 @@ impl Outbox {
         true
     }
 
-    /// Queues a frame for the connection's own task to write, never writing
-    /// from the caller. Used for large fan-outs: the publisher only queues
-    /// (cheap), and each member's task writes everything pending in one
-    /// vectored write, so under load several publications share a system
-    /// call instead of costing one each.
-    pub(crate) fn push_deferred(&self, frame: Frame) -> bool {
+    /// Queues a frame without writing it. Returns `None` if the connection
+    /// is closing or just overflowed (the frame was dropped), otherwise
+    /// whether the queue was empty — then the caller must arrange for the
+    /// write (see flusher.rs).
+    pub(crate) fn push_deferred(&self, frame: Frame) -> Option<bool> {
         let mut q = self.queue.lock();
         if q.kicked.is_some() {
-            return false;
+            return None;
         }
         let len = frame.len();
         if q.bytes + len > self.max_bytes && !q.frames.is_empty() {
@@ -186,16 +185,21 @@ impl Outbox {
             q.bytes = 0;
             drop(q);
             self.wake.notify_one();
-            return false;
+            return None;
         }
         let first = q.frames.is_empty() && !q.held;
         q.bytes += len;
         q.frames.push_back(frame);
-        drop(q);
-        if first {
+        Some(first)
+    }
+
+    /// Writes what is queued as far as the socket takes it now; if the
+    /// socket is full (or the connection was kicked) the connection's own
+    /// task takes over.
+    pub(crate) fn write_queued(&self) {
+        if !matches!(self.write_some(false), Ok(true)) {
             self.wake.notify_one();
         }
-        true
     }
 
     /// Queues `welcome` ahead of anything that raced it, and starts writing.

@@ -487,7 +487,7 @@ impl Engine for MemoryEngine {
             return Ok(0);
         };
         // Small topics are written to at once; large ones are queued for the
-        // members' own tasks, which batch under load (see deliver_batched).
+        // thread's flusher, which batches under load (see deliver_batched).
         let batched = members.len() > DIRECT_WRITE_MEMBERS;
         Ok(topics::deliver_all(&members, |m| {
             Some(m.id()) != except

@@ -84,7 +84,7 @@ impl TopicTable {
 /// Delivers `deliver` to every member, yielding between chunks.
 pub(super) async fn deliver_all(
     members: &[Arc<ClientHandle>],
-    mut deliver: impl FnMut(&ClientHandle) -> bool,
+    mut deliver: impl FnMut(&Arc<ClientHandle>) -> bool,
 ) -> usize {
     let mut delivered = 0;
     for (i, chunk) in members.chunks(CHUNK).enumerate() {
