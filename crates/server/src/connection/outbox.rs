@@ -100,6 +100,20 @@ struct Queue {
     kicked: Option<Kick>,
 }
 
+impl Queue {
+    /// Drops what is queued, except a frame already partly written: the
+    /// client must still receive whole frames (and `offset` must keep
+    /// pointing into the frame it was measured on).
+    fn drop_unwritten(&mut self) {
+        if self.offset > 0 {
+            self.frames.truncate(1);
+        } else {
+            self.frames = VecDeque::new();
+        }
+        self.bytes = self.frames.front().map_or(0, |f| f.len() - self.offset);
+    }
+}
+
 pub(crate) struct Outbox {
     socket: Arc<TcpStream>,
     queue: Mutex<Queue>,
@@ -158,8 +172,7 @@ impl Outbox {
         // queue; the budget bounds what accumulates, not what can be sent.
         if q.bytes + len > self.max_bytes && !q.frames.is_empty() {
             q.kicked = Some(Kick::slow_consumer());
-            q.frames = VecDeque::new();
-            q.bytes = 0;
+            q.drop_unwritten();
             drop(q);
             self.wake.notify_one();
             return false;
@@ -181,8 +194,7 @@ impl Outbox {
         let len = frame.len();
         if q.bytes + len > self.max_bytes && !q.frames.is_empty() {
             q.kicked = Some(Kick::slow_consumer());
-            q.frames = VecDeque::new();
-            q.bytes = 0;
+            q.drop_unwritten();
             drop(q);
             self.wake.notify_one();
             return None;
@@ -253,10 +265,7 @@ impl Outbox {
     /// Drops what is queued, except a frame already partly written (the
     /// client must still see whole frames before the close frame).
     pub(crate) fn discard_queued(&self) {
-        let mut q = self.queue.lock();
-        let keep = usize::from(q.offset > 0);
-        q.frames.truncate(keep);
-        q.bytes = q.frames.front().map_or(0, |f| f.len() - q.offset);
+        self.queue.lock().drop_unwritten();
     }
 
     /// Queues a last frame (a close frame) after everything else, past the
@@ -378,6 +387,40 @@ mod tests {
             "kicked outboxes refuse frames"
         );
         assert_eq!(outbox.flush().await.unwrap_err().code, close::SLOW_CONSUMER);
-        assert_eq!(outbox.queue.lock().bytes, 0, "the queue was dropped");
+        {
+            let q = outbox.queue.lock();
+            assert!(q.frames.len() <= 1, "only a partly written frame is kept");
+            let front = q.frames.front().map_or(0, |f| f.len());
+            assert_eq!(
+                q.bytes + q.offset,
+                front,
+                "offset and bytes describe the kept frame"
+            );
+        }
+        // Closing after an overflow writes the close frame behind what is
+        // left; it must not trip over the partly written frame.
+        let close = Frame::raw(wire::encode_close(close::SLOW_CONSUMER, "slow"));
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            outbox.finish_with(close),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_overflow_keeps_a_partly_written_frame_whole() {
+        let (server, _client_never_reads) = pair().await;
+        let outbox = Outbox::new(server, 64 * 1024);
+        outbox.release_with_first(Frame::from("welcome"));
+        outbox.flush().await.unwrap();
+        let chunk = "y".repeat(100_000);
+        while outbox.push(Frame::from(chunk.clone())) {}
+        let q = outbox.queue.lock();
+        assert!(
+            q.offset > 0,
+            "large frames into a full socket are written partly"
+        );
+        assert_eq!(q.frames.len(), 1);
+        assert_eq!(q.bytes, q.frames[0].len() - q.offset);
     }
 }
