@@ -15,6 +15,14 @@ use clap::{Parser, Subcommand};
 
 use settings::{AuthMode, BuiltinHandler, Overrides};
 
+// The server allocates a few small buffers per message (frames, ids, JSON);
+// mimalloc's thread-local free lists make those cheaper than glibc's malloc
+// on the request path (callgrind: 17.1k -> 15.2k user-space instructions per
+// rpc round trip). Version 2 without transparent huge pages keeps idle
+// memory where glibc had it (3.4 KiB per connection at 19k; v3 was 3.6-3.7).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pubsub",
