@@ -26,7 +26,32 @@ struct Limits {
     invalid: Option<TokenBucket>,
 }
 
-type InFlight = FuturesUnordered<BoxFuture<'static, Frame>>;
+/// Handler calls still running. Created with the first one: most
+/// connections never make one, and an empty `FuturesUnordered` already
+/// holds two allocations that every idle connection would carry.
+#[derive(Default)]
+struct InFlight(Option<FuturesUnordered<BoxFuture<'static, Frame>>>);
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, call: BoxFuture<'static, Frame>) {
+        self.0.get_or_insert_with(FuturesUnordered::new).push(call);
+    }
+
+    async fn next(&mut self) -> Option<Frame> {
+        match &mut self.0 {
+            Some(calls) => calls.next().await,
+            None => None,
+        }
+    }
+}
 
 pub(super) async fn run(
     hub: &Arc<Hub>,
@@ -42,7 +67,7 @@ pub(super) async fn run(
     };
     let mut parser = Parser::default();
     let mut incoming = Vec::new();
-    let mut in_flight = InFlight::new();
+    let mut in_flight = InFlight::default();
     let mut limits = Limits {
         requests: TokenBucket::new(config.max_requests_per_sec, 1.0),
         invalid: TokenBucket::new(config.max_invalid_frames_per_min, 60.0),

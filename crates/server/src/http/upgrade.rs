@@ -106,9 +106,8 @@ pub(super) async fn websocket(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// What the task of an upgraded connection runs. Kept small on purpose: it
-/// is resident for the whole session, so the session and the refusal each
-/// live in their own allocation.
+/// What the task of an upgraded connection runs until the socket is ours:
+/// then the session starts as a task of its own (or the refusal runs here).
 async fn run_upgraded(
     hub: Arc<Hub>,
     on_upgrade: OnUpgrade,
@@ -136,15 +135,18 @@ async fn run_upgraded(
             // than held for the whole session.
             let leftover = parts.read_buf.to_vec();
             drop(parts.read_buf);
-            Box::pin(serve_session(
+            // The session gets a task of its own and this one ends: an idle
+            // connection then carries one allocation (the session's task)
+            // rather than this task plus the boxed session inside it.
+            let tasks = hub.tasks.clone();
+            tasks.spawn(serve_session(
                 hub,
                 socket,
                 leftover,
                 identity,
                 remote_addr,
                 active,
-            ))
-            .await;
+            ));
         }
         Err((code, reason)) => {
             tracing::debug!(%remote_addr, code, %reason, "connection refused");
