@@ -195,6 +195,14 @@ enum OneOrMany {
     Many(Vec<UserId>),
 }
 
+/// The contents of a JSON string that needs no unescaping, borrowed from the
+/// frame; `None` for anything else. `raw` is valid JSON, so a string without
+/// a backslash holds no quote or control character to worry about.
+fn plain_str(raw: &RawValue) -> Option<&str> {
+    let inner = raw.get().strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
+}
+
 /// Decodes one text frame from a client.
 pub fn decode_client_frame<'a>(
     text: &'a str,
@@ -219,16 +227,21 @@ pub fn decode_client_frame<'a>(
     // Read the id first so every later error can carry it.
     let id = match env.id {
         None => None,
-        Some(raw) => Some(serde_json::from_str::<MessageId>(raw.get()).map_err(|e| {
-            FrameError::new(
-                ErrorCode::InvalidField,
-                format!(
-                    "`id` must be a non-empty string of at most {} bytes: {e}",
-                    crate::ids::MAX_ID_BYTES
-                ),
-                None,
-            )
-        })?),
+        // Most ids are plain strings: validate them in place. Anything else
+        // (escapes, wrong type, invalid) takes serde's path and its message.
+        Some(raw) => Some(match plain_str(raw).and_then(|s| MessageId::new(s).ok()) {
+            Some(id) => id,
+            None => serde_json::from_str::<MessageId>(raw.get()).map_err(|e| {
+                FrameError::new(
+                    ErrorCode::InvalidField,
+                    format!(
+                        "`id` must be a non-empty string of at most {} bytes: {e}",
+                        crate::ids::MAX_ID_BYTES
+                    ),
+                    None,
+                )
+            })?,
+        }),
     };
     let kind: std::borrow::Cow<'a, str> = match env.kind {
         None => {
@@ -238,13 +251,16 @@ pub fn decode_client_frame<'a>(
                 id,
             ));
         }
-        Some(raw) => serde_json::from_str(raw.get()).map_err(|_| {
-            FrameError::new(
-                ErrorCode::UnknownKind,
-                "`kind` must be a string",
-                id.clone(),
-            )
-        })?,
+        Some(raw) => match plain_str(raw) {
+            Some(kind) => std::borrow::Cow::Borrowed(kind),
+            None => serde_json::from_str(raw.get()).map_err(|_| {
+                FrameError::new(
+                    ErrorCode::UnknownKind,
+                    "`kind` must be a string",
+                    id.clone(),
+                )
+            })?,
+        },
     };
 
     let need_id = |id: Option<MessageId>| {
@@ -535,6 +551,36 @@ mod tests {
         DecodeLimits {
             max_recipients: 3,
             max_users_per_request: 5,
+        }
+    }
+
+    /// Plain strings are read in place, escaped ones through serde: both
+    /// must mean the same, and invalid ids must fail the same way.
+    #[test]
+    fn escaped_and_plain_ids_and_kinds_decode_alike() {
+        let f = decode_client_frame(
+            r#"{"kind":"send\u0054oServer","id":"m\u002d1","action":{"type":"X"}}"#,
+            &limits(),
+        )
+        .unwrap();
+        assert!(
+            matches!(f, ClientFrame::Request(Request::SendToServer { id, .. }) if id.as_str() == "m-1")
+        );
+        let long = "a".repeat(crate::ids::MAX_ID_BYTES + 1);
+        for bad_id in [
+            format!(r#""{long}""#),
+            String::from(r#""""#),
+            String::from(r#""a\u0001""#),
+            String::from("7"),
+        ] {
+            let frame = format!(r#"{{"kind":"ping","id":{bad_id}}}"#);
+            let e = decode_client_frame(&frame, &limits()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidField, "{frame}");
+            assert!(
+                e.message.starts_with("`id` must be"),
+                "{frame}: {}",
+                e.message
+            );
         }
     }
 
