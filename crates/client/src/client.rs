@@ -132,10 +132,17 @@ impl Client {
         first_outcome: Option<oneshot::Sender<Result<(), ConnectError>>>,
     ) -> Result<Self, ConnectError> {
         let url = endpoint_url(&config)?;
+        #[cfg(feature = "tls")]
+        let tls = match url.scheme() {
+            "wss" => Some(crate::tls::connector(&config)?),
+            _ => None,
+        };
         let (status, _) = watch::channel(Status::Connecting);
         let shared = Arc::new(Shared {
             config,
             url,
+            #[cfg(feature = "tls")]
+            tls,
             registry: SharedRegistry::default(),
             pending: Mutex::new(HashMap::new()),
             status,
@@ -464,10 +471,10 @@ fn endpoint_url(config: &ClientConfig) -> Result<url::Url, ConnectError> {
         url::Url::parse(&config.endpoint).map_err(|e| ConnectError::Endpoint(e.to_string()))?;
     let scheme = match url.scheme() {
         "ws" | "http" => "ws",
+        "wss" | "https" if cfg!(feature = "tls") => "wss",
         "wss" | "https" => {
             return Err(ConnectError::Endpoint(
-                "wss:// needs TLS, which this build of pubsub-client does not include; \
-                 terminate TLS in front of the server or use ws:// on a private network"
+                "wss:// needs the `tls` feature of pubsub-client, which this build leaves out"
                     .into(),
             ));
         }

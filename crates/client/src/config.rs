@@ -18,6 +18,9 @@ pub struct ClientConfig {
     pub reconnect: ReconnectPolicy,
     /// Largest frame accepted from the server.
     pub max_message_bytes: usize,
+    /// Certificates (DER) trusted for `wss://` besides the built-in Mozilla
+    /// roots: a private CA, or a server's self-signed certificate.
+    pub tls_roots: Vec<Vec<u8>>,
 }
 
 impl ClientConfig {
@@ -30,7 +33,16 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             reconnect: ReconnectPolicy::default(),
             max_message_bytes: 16 * 1024 * 1024,
+            tls_roots: Vec::new(),
         }
+    }
+
+    /// Trusts this certificate (DER) for `wss://` in addition to the built-in
+    /// roots.
+    #[must_use]
+    pub fn tls_root_certificate(mut self, der: impl Into<Vec<u8>>) -> Self {
+        self.tls_roots.push(der.into());
+        self
     }
 
     #[must_use]

@@ -23,7 +23,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, http::Request};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::config::ClientConfig;
 use crate::error::ConnectError;
@@ -53,6 +53,9 @@ pub(crate) enum Command {
 pub(crate) struct Shared {
     pub(crate) config: ClientConfig,
     pub(crate) url: url::Url,
+    /// How `wss://` connections are encrypted; `None` for `ws://`.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<tokio_tungstenite::Connector>,
     pub(crate) registry: SharedRegistry,
     /// Callers waiting per message id (several when a request is retried
     /// while its first attempt is still pending; all get the same outcome).
@@ -307,7 +310,16 @@ async fn connect_once(shared: &Shared) -> Result<(Socket, Welcome), AttemptError
         .max_frame_size(Some(shared.config.max_message_bytes));
     let attempt = async {
         let request = handshake_request(shared).map_err(AttemptError::Transport)?;
-        let (mut ws, _response) = connect_async_with_config(request, Some(config), true)
+        #[cfg(feature = "tls")]
+        let connecting = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            shared.tls.clone(),
+        );
+        #[cfg(not(feature = "tls"))]
+        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        let (mut ws, _response) = connecting
             .await
             .map_err(|e| AttemptError::Transport(e.to_string()))?;
         // The first frame is `welcome`, or a close frame saying why not.

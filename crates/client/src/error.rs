@@ -57,6 +57,9 @@ impl SendError {
 pub enum ConnectError {
     #[error("invalid endpoint: {0}")]
     Endpoint(String),
+    /// The TLS settings could not be used (an invalid root certificate).
+    #[error("TLS setup: {0}")]
+    Tls(String),
     #[error("refused by the server: close code {code} ({reason})")]
     Refused { code: u16, reason: String },
     #[error("could not connect: {0}")]

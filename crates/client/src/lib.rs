@@ -9,6 +9,7 @@
 //! - topics.rs: join, leave, publish (joins re-established after reconnects).
 //! - [`subscriptions`]: callbacks by action type.
 //! - [`error`]: [`SendError`] (code, retryable, the request to retry) and [`ConnectError`].
+//! - tls.rs: `wss://` with rustls (feature `tls`, on by default).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,6 +29,8 @@ mod presence;
 mod request;
 pub mod status;
 pub mod subscriptions;
+#[cfg(feature = "tls")]
+mod tls;
 mod topics;
 
 pub use client::{BroadcastAck, Client, IntoRecipients, RecipientResult, SendToUserAck};
