@@ -47,8 +47,14 @@ impl<'a> ActionRef<'a> {
         if !text.starts_with('{') {
             return Err(ActionError::NotAnObject);
         }
-        let head: Head<'a> = serde_json::from_str(text).map_err(|_| ActionError::NotAnObject)?;
-        let ty = head.ty.ok_or(ActionError::BadType)?;
+        let ty = match plain_type(text) {
+            Some(ty) => Cow::Borrowed(ty),
+            None => {
+                let head: Head<'a> =
+                    serde_json::from_str(text).map_err(|_| ActionError::NotAnObject)?;
+                head.ty.ok_or(ActionError::BadType)?
+            }
+        };
         if ty.is_empty() || ty.len() > MAX_TYPE_BYTES {
             return Err(ActionError::BadType);
         }
@@ -71,6 +77,103 @@ impl<'a> ActionRef<'a> {
         Action {
             ty: self.ty.clone().into_owned().into_boxed_str(),
             raw: self.raw.to_owned(),
+        }
+    }
+}
+
+/// The `type` of a JSON object known to be valid (a `RawValue`), found by
+/// walking its top-level keys without deserialising anything. `None` leaves
+/// the decision to serde: an escaped key or `type` value, a `type` that is
+/// missing, repeated or not a string. So whenever this answers, serde would
+/// have answered the same.
+fn plain_type(text: &str) -> Option<&str> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 1); // after `{`
+    let mut found = None;
+    loop {
+        match *b.get(i)? {
+            b'}' => return found,
+            b',' => i = skip_ws(b, i + 1),
+            _ => {}
+        }
+        let (key, after) = plain_string(b, i)?;
+        i = skip_ws(b, after);
+        if *b.get(i)? != b':' {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        if &text[key] == "type" {
+            if found.is_some() {
+                return None;
+            }
+            let (value, after) = plain_string(b, i)?;
+            found = Some(&text[value]);
+            i = skip_ws(b, after);
+        } else {
+            i = skip_ws(b, skip_value(b, i)?);
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b
+        .get(i)
+        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        i += 1;
+    }
+    i
+}
+
+/// A string at `i` with no escapes: the range of its contents and the index
+/// after its closing quote.
+fn plain_string(b: &[u8], i: usize) -> Option<(std::ops::Range<usize>, usize)> {
+    if *b.get(i)? != b'"' {
+        return None;
+    }
+    let start = i + 1;
+    let end = start
+        + b.get(start..)?
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\')?;
+    (b[end] == b'"').then_some((start..end, end + 1))
+}
+
+/// The index after the (valid) value starting at `i`.
+fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    loop {
+        match *b.get(i)? {
+            b'"' => {
+                i += 1;
+                loop {
+                    match *b.get(i)? {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' | b']' => {
+                if depth == 0 {
+                    return Some(i);
+                }
+                depth -= 1;
+                i += 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            b',' if depth == 0 => return Some(i),
+            _ => i += 1,
         }
     }
 }
@@ -131,6 +234,116 @@ mod tests {
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    /// The fast `type` scan either agrees with serde or steps aside.
+    #[test]
+    fn the_type_scan_agrees_with_serde() {
+        let cases = [
+            (r#"{"type":"CHAT","text":"hi","n":[1,2]}"#, Some("CHAT")),
+            (r#"{ "n" : 1 , "type" : "T" }"#, Some("T")),
+            (r#"{"a":{"type":"inner"},"type":"outer"}"#, Some("outer")),
+            (
+                r#"{"a":["}","{",{"b":"]"}],"type":"x","z":null}"#,
+                Some("x"),
+            ),
+            (
+                r#"{"a":"quote \" and \\ backslash }","type":"q"}"#,
+                Some("q"),
+            ),
+            (r#"{"a":true,"b":-1.5e3,"type":"num"}"#, Some("num")),
+            (r#"{"type":"é ünï"}"#, Some("é ünï")),
+            (r#"{"type":"a\"b"}"#, None),
+            (r#"{"typ\u0065":"escaped key"}"#, None),
+            (r#"{"type":"a","type":"b"}"#, None),
+            (r#"{"type":1}"#, None),
+            (r#"{"text":"no type"}"#, None),
+            (r#"{}"#, None),
+        ];
+        for (text, fast) in cases {
+            assert_eq!(plain_type(text), fast, "{text}");
+            let serde: Result<Head<'_>, _> = serde_json::from_str(text);
+            if let Some(ty) = fast {
+                assert_eq!(serde.unwrap().ty.as_deref(), Some(ty), "{text}");
+            }
+            // And the whole parse gives what serde alone would.
+            let r = raw(text);
+            let parsed = ActionRef::parse(&r, false).map(|a| a.action_type().to_owned());
+            let by_serde = match serde_json::from_str::<Head<'_>>(text) {
+                Err(_) => Err(ActionError::NotAnObject),
+                Ok(Head { ty: None }) => Err(ActionError::BadType),
+                Ok(Head { ty: Some(t) }) if t.is_empty() => Err(ActionError::BadType),
+                Ok(Head { ty: Some(t) }) => Ok(t.into_owned()),
+            };
+            assert_eq!(parsed, by_serde, "{text}");
+        }
+    }
+
+    /// Random objects, serialised compactly and pretty, with `type` placed
+    /// anywhere among nested values full of braces, quotes and escapes.
+    #[test]
+    fn the_type_scan_agrees_with_serde_on_random_objects() {
+        use serde_json::{Map, Value, json};
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let strings = [
+            "", "}", "{", "]", "\"", "\\", "a,b", "type", "é", "\u{1}", ":",
+        ];
+        fn value(next: &mut dyn FnMut(u64) -> u64, strings: &[&str], depth: u32) -> Value {
+            match next(if depth > 3 { 4 } else { 6 }) {
+                0 => Value::Null,
+                1 => json!(next(1000) as f64 / 7.0),
+                2 => json!(next(2) == 0),
+                3 => json!(strings[next(strings.len() as u64) as usize]),
+                4 => Value::Array(
+                    (0..next(4))
+                        .map(|_| value(next, strings, depth + 1))
+                        .collect(),
+                ),
+                _ => {
+                    let mut m = Map::new();
+                    for _ in 0..next(4) {
+                        let k = strings[next(strings.len() as u64) as usize].to_owned();
+                        m.insert(k, value(next, strings, depth + 1));
+                    }
+                    Value::Object(m)
+                }
+            }
+        }
+        let mut answered = 0;
+        for _ in 0..3000 {
+            let mut m = Map::new();
+            for _ in 0..next(5) {
+                let k = strings[next(strings.len() as u64) as usize].to_owned();
+                m.insert(k, value(&mut next, &strings, 0));
+            }
+            match next(4) {
+                0 => {}
+                1 => {
+                    m.insert("type".into(), value(&mut next, &strings, 2));
+                }
+                _ => {
+                    let ty = ["CHAT", "a b", "é", "x:y"][next(4) as usize];
+                    m.insert("type".into(), json!(ty));
+                }
+            }
+            let obj = Value::Object(m);
+            for text in [obj.to_string(), serde_json::to_string_pretty(&obj).unwrap()] {
+                let serde = serde_json::from_str::<Head<'_>>(&text)
+                    .ok()
+                    .and_then(|h| h.ty.map(Cow::into_owned));
+                if let Some(fast) = plain_type(&text) {
+                    answered += 1;
+                    assert_eq!(Some(fast.to_owned()), serde, "{text}");
+                }
+            }
+        }
+        assert!(answered > 1000, "the scan answered only {answered} times");
     }
 
     #[test]
