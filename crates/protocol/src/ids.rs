@@ -33,7 +33,10 @@ fn validate(s: &str) -> Result<(), IdError> {
     if s.len() > MAX_ID_BYTES {
         return Err(IdError::TooLong);
     }
-    if s.chars().any(char::is_control) {
+    // Most ids are printable ASCII: check bytes, and decode only the rest
+    // (C1 controls, U+0080–U+009F, are multi-byte in UTF-8).
+    let printable_ascii = s.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if !printable_ascii && s.chars().any(char::is_control) {
         return Err(IdError::ControlCharacter);
     }
     Ok(())
@@ -280,6 +283,11 @@ mod tests {
             Err(IdError::TooLong)
         );
         assert_eq!(UserId::new("a\nb"), Err(IdError::ControlCharacter));
+        // DEL and the C1 controls too, not only the ASCII ones below 0x20.
+        for bad in ["a\u{7f}", "a\u{85}b", "\u{9f}"] {
+            assert_eq!(UserId::new(bad), Err(IdError::ControlCharacter), "{bad:?}");
+        }
+        assert!(UserId::new("é ü \u{a0} 猫").is_ok());
         assert!(UserId::new("a".repeat(MAX_ID_BYTES)).is_ok());
         assert!(serde_json::from_str::<UserId>("1.5").is_err());
     }
