@@ -10,7 +10,7 @@
 //!   cap the oldest outcomes go first (and with the node's cap reached and
 //!   nothing of their own to give up, a user's new outcomes are not kept).
 
-use std::collections::VecDeque;
+use std::collections::{VecDeque, hash_map};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -57,8 +57,10 @@ impl UserWindow {
             return 0;
         };
         self.bytes -= cost;
-        if matches!(self.entries.get(&id), Some(Entry::Done(_))) {
-            self.entries.remove(&id);
+        if let hash_map::Entry::Occupied(entry) = self.entries.entry(id)
+            && matches!(entry.get(), Entry::Done(_))
+        {
+            entry.remove();
         }
         cost
     }
@@ -123,15 +125,17 @@ impl RetryWindow {
         let mut w = self.0.users.entry(user.clone()).or_default();
         let freed = w.expire(now, self.0.window);
         self.freed(freed);
-        match w.entries.get_mut(id) {
-            Some(Entry::Done(frame)) => Begin::Replay(frame.clone()),
-            Some(Entry::Pending(waiters)) => {
-                let (tx, rx) = oneshot::channel();
-                waiters.push(tx);
-                Begin::Wait(rx)
-            }
-            None => {
-                w.entries.insert(id.clone(), Entry::Pending(Vec::new()));
+        match w.entries.entry(id.clone()) {
+            hash_map::Entry::Occupied(entry) => match entry.into_mut() {
+                Entry::Done(frame) => Begin::Replay(frame.clone()),
+                Entry::Pending(waiters) => {
+                    let (tx, rx) = oneshot::channel();
+                    waiters.push(tx);
+                    Begin::Wait(rx)
+                }
+            },
+            hash_map::Entry::Vacant(slot) => {
+                slot.insert(Entry::Pending(Vec::new()));
                 Begin::New(Ticket {
                     window: self.clone(),
                     user: user.clone(),
