@@ -112,6 +112,23 @@ impl Queue {
         }
         self.bytes = self.frames.front().map_or(0, |f| f.len() - self.offset);
     }
+
+    /// Queues a frame within the byte budget. Past it the connection is
+    /// kicked as a slow consumer, what is queued dropped, and false returned
+    /// (the caller wakes the connection's task). A single frame larger than
+    /// the budget still goes through an empty queue: the budget bounds what
+    /// accumulates, not what can be sent.
+    fn enqueue(&mut self, frame: Frame, max_bytes: usize) -> bool {
+        let len = frame.len();
+        if self.bytes + len > max_bytes && !self.frames.is_empty() {
+            self.kicked = Some(Kick::slow_consumer());
+            self.drop_unwritten();
+            return false;
+        }
+        self.bytes += len;
+        self.frames.push_back(frame);
+        true
+    }
 }
 
 pub(crate) struct Outbox {
@@ -167,18 +184,11 @@ impl Outbox {
             self.wake.notify_one();
             return true;
         }
-        let len = frame.len();
-        // A single frame larger than the budget still goes through an empty
-        // queue; the budget bounds what accumulates, not what can be sent.
-        if q.bytes + len > self.max_bytes && !q.frames.is_empty() {
-            q.kicked = Some(Kick::slow_consumer());
-            q.drop_unwritten();
+        if !q.enqueue(frame, self.max_bytes) {
             drop(q);
             self.wake.notify_one();
             return false;
         }
-        q.bytes += len;
-        q.frames.push_back(frame);
         true
     }
 
@@ -191,17 +201,12 @@ impl Outbox {
         if q.kicked.is_some() {
             return None;
         }
-        let len = frame.len();
-        if q.bytes + len > self.max_bytes && !q.frames.is_empty() {
-            q.kicked = Some(Kick::slow_consumer());
-            q.drop_unwritten();
+        let first = q.frames.is_empty() && !q.held;
+        if !q.enqueue(frame, self.max_bytes) {
             drop(q);
             self.wake.notify_one();
             return None;
         }
-        let first = q.frames.is_empty() && !q.held;
-        q.bytes += len;
-        q.frames.push_back(frame);
         Some(first)
     }
 
