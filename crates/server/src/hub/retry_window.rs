@@ -9,59 +9,152 @@
 //! - each user's memory is capped in bytes, and so is the node's; past a
 //!   cap the oldest outcomes go first (and with the node's cap reached and
 //!   nothing of their own to give up, a user's new outcomes are not kept).
+//!
+//! Every request passes through here, and at a steady rate every request
+//! also pushes the oldest outcome out, so the layout is chosen for the CPU
+//! cache rather than for convenience: a user's outcomes are copied, id and
+//! frame together, into one byte ring in the order they finished, with a
+//! fixed-size record each and an index from the id's hash to the record.
+//! Remembering allocates nothing once the ring has grown, and forgetting
+//! touches only the oldest record and its index slot: no per-outcome
+//! allocation to free, no id to rehash, no reference count to drop.
 
-use std::collections::{VecDeque, hash_map};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ahash::{HashMap, HashMapExt, RandomState};
+use ahash::RandomState;
+use bytes::Bytes;
 use dashmap::DashMap;
+use hashbrown::HashTable;
 use pubsub_protocol::{MessageId, UserId};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::connection::Frame;
 
-/// Per-entry memory besides the id and the frame (map slot, order slot,
-/// allocation headers), counted against a user's byte budget so the budget
-/// is close to what the entries really cost.
-const ENTRY_OVERHEAD: usize = 160;
+/// Per-outcome memory besides its id and frame bytes (the record, its index
+/// slot, the ring's spare capacity), counted against the byte budgets so
+/// they are close to what outcomes really cost.
+const ENTRY_OVERHEAD: usize = 64;
 
-enum Entry {
-    Pending(Vec<oneshot::Sender<Frame>>),
-    Done(Frame),
+/// One remembered outcome; its id and frame bytes are in the user's ring.
+struct Remembered {
+    /// When it was recorded; the window is counted from here.
+    at: Instant,
+    /// The id's hash, so forgetting needs neither the id nor a rehash.
+    hash: u64,
+    /// Where the id starts in the user's byte stream (the frame follows it).
+    start: u64,
+    id_len: u16,
+    frame_len: u32,
 }
 
-struct UserWindow {
-    entries: HashMap<MessageId, Entry>,
-    /// Completed entries, oldest first, with the time they completed.
-    order: VecDeque<(Instant, MessageId, usize)>,
-    bytes: usize,
-}
-
-impl Default for UserWindow {
-    fn default() -> Self {
-        Self {
-            entries: HashMap::new(),
-            order: VecDeque::new(),
-            bytes: 0,
-        }
+impl Remembered {
+    fn len(&self) -> usize {
+        usize::from(self.id_len) + self.frame_len as usize
     }
 }
 
+/// A request whose first attempt is still running.
+struct Running {
+    hash: u64,
+    id: MessageId,
+    /// Retries waiting for the first attempt's outcome.
+    waiters: Vec<oneshot::Sender<Frame>>,
+}
+
+#[derive(Default)]
+struct UserWindow {
+    running: HashTable<Running>,
+    /// Outcomes in the order they were recorded, oldest first.
+    remembered: VecDeque<Remembered>,
+    /// Sequence number of `remembered[0]`; the index holds sequence numbers.
+    first_seq: u64,
+    /// Id hash → sequence number of the outcome in `remembered`.
+    index: HashTable<u64>,
+    /// The remembered ids and frames back to back, oldest first.
+    ring: VecDeque<u8>,
+    /// Position of `ring[0]` in the user's byte stream.
+    ring_start: u64,
+    /// Budgeted bytes of the remembered outcomes.
+    bytes: usize,
+}
+
 impl UserWindow {
-    /// Forgets the oldest completed outcome; returns the bytes freed.
+    fn record(&self, seq: u64) -> Option<&Remembered> {
+        let at = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
+        self.remembered.get(at)
+    }
+
+    /// The outcome remembered for `id`, as its sequence number.
+    fn find(&self, hash: u64, id: &str) -> Option<u64> {
+        self.index
+            .find(hash, |&seq| {
+                self.record(seq).is_some_and(|r| {
+                    usize::from(r.id_len) == id.len()
+                        && self
+                            .ring_bytes(r.start, id.len())
+                            .eq(id.as_bytes().iter().copied())
+                })
+            })
+            .copied()
+    }
+
+    fn ring_bytes(&self, start: u64, len: usize) -> impl Iterator<Item = u8> + '_ {
+        let from = (start - self.ring_start) as usize;
+        self.ring.range(from..from + len).copied()
+    }
+
+    /// A copy of a remembered outcome's frame (replays are rare).
+    fn frame(&self, seq: u64) -> Option<Frame> {
+        let r = self.record(seq)?;
+        let frame: Vec<u8> = self
+            .ring_bytes(r.start + u64::from(r.id_len), r.frame_len as usize)
+            .collect();
+        Some(Frame::raw(Bytes::from(frame)))
+    }
+
+    fn remember(&mut self, now: Instant, hash: u64, id: &MessageId, frame: &Frame, cost: usize) {
+        let seq = self.first_seq + self.remembered.len() as u64;
+        let start = self.ring_start + self.ring.len() as u64;
+        self.ring.extend(id.as_str().as_bytes());
+        self.ring.extend(frame.bytes().iter());
+        self.remembered.push_back(Remembered {
+            at: now,
+            hash,
+            start,
+            // Ids are at most MAX_ID_BYTES (128) and frames at most the
+            // message limit, far below these bounds.
+            id_len: id.as_str().len() as u16,
+            frame_len: frame.len() as u32,
+        });
+        let (remembered, first_seq) = (&self.remembered, self.first_seq);
+        self.index.insert_unique(hash, seq, |&seq| {
+            remembered
+                .get((seq - first_seq) as usize)
+                .map_or(0, |r| r.hash)
+        });
+        self.bytes += cost;
+    }
+
+    /// Forgets the oldest remembered outcome; returns the bytes freed.
     fn forget_oldest(&mut self) -> usize {
-        let Some((_, id, cost)) = self.order.pop_front() else {
+        let Some(oldest) = self.remembered.pop_front() else {
             return 0;
         };
-        self.bytes -= cost;
-        if let hash_map::Entry::Occupied(entry) = self.entries.entry(id)
-            && matches!(entry.get(), Entry::Done(_))
-        {
-            entry.remove();
+        let seq = self.first_seq;
+        self.first_seq += 1;
+        if let Ok(slot) = self.index.find_entry(oldest.hash, |&s| s == seq) {
+            slot.remove();
         }
+        // Outcomes leave in the order they came, so the oldest one's bytes
+        // are the ring's first.
+        self.ring.drain(..oldest.len());
+        self.ring_start += oldest.len() as u64;
+        let cost = oldest.len() + ENTRY_OVERHEAD;
+        self.bytes -= cost;
         cost
     }
 
@@ -69,18 +162,55 @@ impl UserWindow {
     fn expire(&mut self, now: Instant, window: Duration) -> usize {
         let mut freed = 0;
         while self
-            .order
+            .remembered
             .front()
-            .is_some_and(|(at, ..)| now.duration_since(*at) >= window)
+            .is_some_and(|r| now.duration_since(r.at) >= window)
         {
             freed += self.forget_oldest();
         }
         freed
     }
+
+    fn is_empty(&self) -> bool {
+        self.running.is_empty() && self.remembered.is_empty()
+    }
+
+    /// Gives back memory a burst left behind once the user is quieter.
+    fn shrink(&mut self) {
+        if self.ring.capacity() > 4 * self.ring.len().max(1024) {
+            self.ring.shrink_to(2 * self.ring.len());
+            self.remembered.shrink_to(2 * self.remembered.len());
+            let (remembered, first_seq) = (&self.remembered, self.first_seq);
+            self.index.shrink_to_fit(|&seq| {
+                remembered
+                    .get((seq - first_seq) as usize)
+                    .map_or(0, |r| r.hash)
+            });
+        }
+    }
+}
+
+/// How ids are hashed: randomly keyed in the server, so a client cannot pick
+/// ids that collide; constant in tests, to prove colliding ids are told apart.
+enum IdHasher {
+    Keyed(RandomState),
+    #[cfg(test)]
+    Constant,
+}
+
+impl IdHasher {
+    fn hash(&self, id: &MessageId) -> u64 {
+        match self {
+            IdHasher::Keyed(state) => state.hash_one(id.as_str()),
+            #[cfg(test)]
+            IdHasher::Constant => 7,
+        }
+    }
 }
 
 struct Inner {
     users: DashMap<UserId, UserWindow, RandomState>,
+    hasher: IdHasher,
     window: Duration,
     max_bytes_per_user: usize,
     max_bytes_total: usize,
@@ -105,8 +235,23 @@ pub(crate) enum Begin {
 
 impl RetryWindow {
     pub(crate) fn new(window: Duration, max_bytes_per_user: usize, max_bytes_total: usize) -> Self {
+        Self::with_hasher(
+            IdHasher::Keyed(RandomState::new()),
+            window,
+            max_bytes_per_user,
+            max_bytes_total,
+        )
+    }
+
+    fn with_hasher(
+        hasher: IdHasher,
+        window: Duration,
+        max_bytes_per_user: usize,
+        max_bytes_total: usize,
+    ) -> Self {
         Self(Arc::new(Inner {
             users: DashMap::with_hasher(RandomState::new()),
+            hasher,
             window,
             max_bytes_per_user,
             max_bytes_total,
@@ -122,76 +267,75 @@ impl RetryWindow {
 
     pub(crate) fn begin(&self, user: &UserId, id: &MessageId) -> Begin {
         let now = Instant::now();
-        let mut w = self.0.users.entry(user.clone()).or_default();
+        let hash = self.0.hasher.hash(id);
+        let mut w = match self.0.users.get_mut(user) {
+            Some(w) => w,
+            None => self.0.users.entry(user.clone()).or_default(),
+        };
         let freed = w.expire(now, self.0.window);
         self.freed(freed);
-        match w.entries.entry(id.clone()) {
-            hash_map::Entry::Occupied(entry) => match entry.into_mut() {
-                Entry::Done(frame) => Begin::Replay(frame.clone()),
-                Entry::Pending(waiters) => {
-                    let (tx, rx) = oneshot::channel();
-                    waiters.push(tx);
-                    Begin::Wait(rx)
-                }
-            },
-            hash_map::Entry::Vacant(slot) => {
-                slot.insert(Entry::Pending(Vec::new()));
-                Begin::New(Ticket {
-                    window: self.clone(),
-                    user: user.clone(),
-                    id: id.clone(),
-                    settled: false,
-                })
-            }
+        if let Some(frame) = w.find(hash, id.as_str()).and_then(|seq| w.frame(seq)) {
+            return Begin::Replay(frame);
         }
+        if let Some(running) = w.running.find_mut(hash, |r| r.id == *id) {
+            let (tx, rx) = oneshot::channel();
+            running.waiters.push(tx);
+            return Begin::Wait(rx);
+        }
+        w.running.insert_unique(
+            hash,
+            Running {
+                hash,
+                id: id.clone(),
+                waiters: Vec::new(),
+            },
+            |r| r.hash,
+        );
+        Begin::New(Ticket {
+            window: self.clone(),
+            user: user.clone(),
+            id: id.clone(),
+            hash,
+            settled: false,
+        })
     }
 
-    fn settle(&self, user: &UserId, id: &MessageId, outcome: Option<(&Frame, bool)>) {
-        let now = Instant::now();
+    fn settle(&self, ticket: &Ticket, outcome: Option<(&Frame, bool)>) {
+        let (user, id, hash) = (&ticket.user, &ticket.id, ticket.hash);
         let Some(mut w) = self.0.users.get_mut(user) else {
             return;
         };
-        let waiters = match w.entries.get_mut(id) {
-            Some(Entry::Pending(waiters)) => std::mem::take(waiters),
-            Some(Entry::Done(_)) => return,
-            None => Vec::new(),
+        let waiters = match w.running.find_entry(hash, |r| r.id == *id) {
+            Ok(running) => running.remove().0.waiters,
+            Err(_) => Vec::new(),
         };
         let mut freed = 0;
-        match outcome {
-            Some((frame, remember)) => {
-                for waiter in waiters {
-                    let _ = waiter.send(frame.clone());
-                }
-                let cost = id.as_str().len() + frame.len() + ENTRY_OVERHEAD;
-                let total = self.0.total_bytes.load(Ordering::Relaxed);
-                // At the node's cap, make room from this user's own oldest.
-                while remember
-                    && total + cost > self.0.max_bytes_total + freed
-                    && !w.order.is_empty()
-                {
+        if let Some((frame, remember)) = outcome {
+            for waiter in waiters {
+                let _ = waiter.send(frame.clone());
+            }
+            let cost = id.as_str().len() + frame.len() + ENTRY_OVERHEAD;
+            let total = self.0.total_bytes.load(Ordering::Relaxed);
+            // At the node's cap, make room from this user's own oldest.
+            while remember
+                && total + cost > self.0.max_bytes_total + freed
+                && !w.remembered.is_empty()
+            {
+                freed += w.forget_oldest();
+            }
+            if remember && total + cost <= self.0.max_bytes_total + freed {
+                w.remember(Instant::now(), hash, id, frame, cost);
+                self.0.total_bytes.fetch_add(cost, Ordering::Relaxed);
+                while w.bytes > self.0.max_bytes_per_user {
                     freed += w.forget_oldest();
                 }
-                if remember && total + cost <= self.0.max_bytes_total + freed {
-                    w.entries.insert(id.clone(), Entry::Done(frame.clone()));
-                    w.order.push_back((now, id.clone(), cost));
-                    w.bytes += cost;
-                    self.0.total_bytes.fetch_add(cost, Ordering::Relaxed);
-                    while w.bytes > self.0.max_bytes_per_user {
-                        freed += w.forget_oldest();
-                    }
-                } else {
-                    w.entries.remove(id);
-                }
-            }
-            None => {
-                w.entries.remove(id);
             }
         }
         self.freed(freed);
-        let empty = w.entries.is_empty();
+        let empty = w.is_empty();
         drop(w);
         if empty {
-            self.0.users.remove_if(user, |_, w| w.entries.is_empty());
+            self.0.users.remove_if(user, |_, w| w.is_empty());
         }
     }
 
@@ -202,7 +346,8 @@ impl RetryWindow {
         let mut freed = 0;
         self.0.users.retain(|_, w| {
             freed += w.expire(now, window);
-            !w.entries.is_empty()
+            w.shrink();
+            !w.is_empty()
         });
         self.freed(freed);
     }
@@ -225,6 +370,7 @@ pub(crate) struct Ticket {
     window: RetryWindow,
     user: UserId,
     id: MessageId,
+    hash: u64,
     settled: bool,
 }
 
@@ -232,15 +378,14 @@ impl Ticket {
     /// Records the outcome. `remember` is false for retryable failures.
     pub(crate) fn settle(mut self, frame: &Frame, remember: bool) {
         self.settled = true;
-        self.window
-            .settle(&self.user, &self.id, Some((frame, remember)));
+        self.window.settle(&self, Some((frame, remember)));
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.settled {
-            self.window.settle(&self.user, &self.id, None);
+            self.window.settle(self, None);
         }
     }
 }
@@ -361,5 +506,107 @@ mod tests {
         tokio::time::advance(Duration::from_secs(121)).await;
         w.sweep();
         assert_eq!(w.total_bytes(), 0, "expiry gives the bytes back");
+    }
+
+    #[tokio::test]
+    async fn ids_with_the_same_hash_are_told_apart() {
+        let w = RetryWindow::with_hasher(
+            IdHasher::Constant,
+            Duration::from_secs(120),
+            1 << 20,
+            1 << 30,
+        );
+        let u = UserId::new("u").unwrap();
+        // Same length, same hash: only the bytes in the ring differ.
+        for (m, frame) in [("m1", "one"), ("m2", "two"), ("m3", "three")] {
+            let Begin::New(t) = w.begin(&u, &MessageId::new(m).unwrap()) else {
+                panic!("{m} is new")
+            };
+            t.settle(&Frame::from(frame), true);
+        }
+        for (m, frame) in [("m1", "one"), ("m2", "two"), ("m3", "three")] {
+            assert!(
+                matches!(w.begin(&u, &MessageId::new(m).unwrap()), Begin::Replay(f) if f.as_str() == frame),
+                "{m}"
+            );
+        }
+        // Running requests with colliding hashes are told apart as well.
+        let Begin::New(_a) = w.begin(&u, &MessageId::new("r1").unwrap()) else {
+            panic!()
+        };
+        assert!(matches!(
+            w.begin(&u, &MessageId::new("r2").unwrap()),
+            Begin::New(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn outcomes_replay_intact_while_older_ones_are_pushed_out() {
+        // Room for about 20 outcomes: thousands go through, so the ring's
+        // start moves far past where it began and wraps its buffer many times.
+        let w = RetryWindow::new(
+            Duration::from_secs(120),
+            20 * (ENTRY_OVERHEAD + 30),
+            1 << 30,
+        );
+        let u = UserId::new("u").unwrap();
+        let frame_of = |i: usize| format!(r#"{{"n":{i},"pad":"{}"}}"#, "x".repeat(i % 13));
+        for i in 0..5_000 {
+            let m = MessageId::new(format!("id-{i}")).unwrap();
+            let Begin::New(t) = w.begin(&u, &m) else {
+                panic!("id-{i} is new")
+            };
+            t.settle(&Frame::from(frame_of(i)), true);
+            if i >= 10 {
+                // A recent one replays byte for byte; a long-gone one is new.
+                let recent = MessageId::new(format!("id-{}", i - 5)).unwrap();
+                let Begin::Replay(f) = w.begin(&u, &recent) else {
+                    panic!("id-{} is remembered", i - 5)
+                };
+                assert_eq!(f, Frame::from(frame_of(i - 5)));
+                if i >= 100 {
+                    let gone = MessageId::new(format!("id-{}", i - 100)).unwrap();
+                    let Begin::New(t) = w.begin(&u, &gone) else {
+                        panic!("id-{} is forgotten", i - 100)
+                    };
+                    // Abandoned: it must not take a place in the window.
+                    drop(t);
+                }
+            }
+        }
+        assert!(w.total_bytes() <= 20 * (ENTRY_OVERHEAD + 30));
+        let remembered = w.0.users.get(&u).map(|w| w.remembered.len());
+        assert!(
+            remembered.is_some_and(|n| (10..=20).contains(&n)),
+            "{remembered:?} outcomes in {} bytes",
+            w.total_bytes()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_user_gives_back_the_memory_of_a_burst() {
+        let w = RetryWindow::new(Duration::from_secs(10), 1 << 20, 1 << 30);
+        let u = UserId::new("u").unwrap();
+        for i in 0..2_000 {
+            let m = MessageId::new(format!("burst-{i}")).unwrap();
+            let Begin::New(t) = w.begin(&u, &m) else {
+                panic!()
+            };
+            t.settle(&Frame::from("a remembered outcome"), true);
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let Begin::New(t) = w.begin(&u, &MessageId::new("later").unwrap()) else {
+            panic!()
+        };
+        t.settle(&Frame::from("a remembered outcome"), true);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        w.sweep();
+        let users = w.0.users.get(&u).expect("`later` is still remembered");
+        assert_eq!(users.remembered.len(), 1);
+        assert!(
+            users.ring.capacity() <= 4096,
+            "ring keeps {} bytes of capacity for one outcome",
+            users.ring.capacity()
+        );
     }
 }
