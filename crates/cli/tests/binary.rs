@@ -136,6 +136,65 @@ fn listen_and_send_from_two_terminals() {
     let _ = listener.wait();
 }
 
+/// `pubsub send` over `wss://` through a TLS-terminating proxy (socat, as
+/// nginx would be in production) whose certificate only `--ca-cert` trusts.
+#[test]
+fn send_over_wss_trusts_a_private_certificate_given_with_ca_cert() {
+    let served = serve(&["--auth", "dev", "--handler", "echo"]);
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, private) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, key.cert.pem()).unwrap();
+    std::fs::write(&private, key.signing_key.serialize_pem()).unwrap();
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy = Command::new("socat")
+        .arg(format!(
+            "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
+            cert.display(),
+            private.display()
+        ))
+        .arg(format!("TCP:127.0.0.1:{}", served.port))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat is installed (.ci/run installs it)");
+    let proxy = Served {
+        child: proxy,
+        port: tls_port,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", proxy.port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "socat did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("wss://localhost:{}", proxy.port);
+    let send = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pubsub"))
+            .args(["send", "--url", &url, "--user", "tls", "--server"])
+            .args(extra)
+            .arg(r#"{"type":"OVER_TLS"}"#)
+            .output()
+            .unwrap()
+    };
+
+    let trusted = send(&["--ca-cert", cert.to_str().unwrap()]);
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    let reply: Value = serde_json::from_slice(&trusted.stdout).unwrap();
+    assert_eq!(reply, json!({"type": "OVER_TLS"}));
+
+    let untrusted = send(&[]);
+    assert!(!untrusted.status.success());
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(stderr.contains("certificate"), "{stderr}");
+}
+
 /// 10,000 members in one topic receive every message exactly once, in
 /// publish order per publisher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
