@@ -121,14 +121,30 @@ pub fn encode_topic_message(
     topic: Option<&Topic>,
     action: &RawValue,
 ) -> String {
-    to_json(&MessageOut {
-        kind: kind::MESSAGE,
-        id,
-        via,
-        from,
-        topic,
-        action,
-    })
+    to_string_with(|out| write_topic_message(out, id, via, from, topic, action))
+}
+
+/// [`encode_topic_message`] appended to `out` (for a server that frames
+/// from a reused buffer instead of an intermediate `String`).
+pub fn write_topic_message(
+    out: &mut Vec<u8>,
+    id: &MessageId,
+    via: Via,
+    from: Option<&Sender>,
+    topic: Option<&Topic>,
+    action: &RawValue,
+) {
+    write_json(
+        out,
+        &MessageOut {
+            kind: kind::MESSAGE,
+            id,
+            via,
+            from,
+            topic,
+            action,
+        },
+    );
 }
 
 /// Encodes a system event; `event` must serialise to an object whose `type`
@@ -155,11 +171,19 @@ struct AckOut<'a, T: ?Sized> {
 /// Encodes a successful settlement of request `id` with `result` (any
 /// serialisable value, a `RawValue` included).
 pub fn encode_ack<T: Serialize + ?Sized>(id: &MessageId, result: &T) -> String {
-    to_json(&AckOut {
-        kind: kind::ACK,
-        id,
-        result,
-    })
+    to_string_with(|out| write_ack(out, id, result))
+}
+
+/// [`encode_ack`] appended to `out`.
+pub fn write_ack<T: Serialize + ?Sized>(out: &mut Vec<u8>, id: &MessageId, result: &T) {
+    write_json(
+        out,
+        &AckOut {
+            kind: kind::ACK,
+            id,
+            result,
+        },
+    );
 }
 
 /// The parts of an `error` frame.
@@ -199,15 +223,23 @@ struct ErrorOut<'a> {
 }
 
 pub fn encode_error(parts: ErrorParts<'_>) -> String {
-    to_json(&ErrorOut {
-        kind: kind::ERROR,
-        id: parts.id,
-        code: parts.code.code(),
-        name: parts.code.name(),
-        message: parts.message,
-        retryable: parts.retryable,
-        data: parts.data,
-    })
+    to_string_with(|out| write_error(out, parts))
+}
+
+/// [`encode_error`] appended to `out`.
+pub fn write_error(out: &mut Vec<u8>, parts: ErrorParts<'_>) {
+    write_json(
+        out,
+        &ErrorOut {
+            kind: kind::ERROR,
+            id: parts.id,
+            code: parts.code.code(),
+            name: parts.code.name(),
+            message: parts.message,
+            retryable: parts.retryable,
+            data: parts.data,
+        },
+    );
 }
 
 pub fn encode_welcome(welcome: &Welcome) -> String {
@@ -244,6 +276,17 @@ fn to_json<T: Serialize>(value: &T) -> String {
     // Every frame type above is made of strings, numbers and RawValues, whose
     // serialisation into a String cannot fail.
     serde_json::to_string(value).unwrap_or_default()
+}
+
+fn write_json<T: Serialize>(out: &mut Vec<u8>, value: &T) {
+    // Cannot fail, for the reason given in `to_json`.
+    let _ = serde_json::to_writer(out, value);
+}
+
+fn to_string_with(write: impl FnOnce(&mut Vec<u8>)) -> String {
+    let mut out = Vec::with_capacity(128);
+    write(&mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------- decoding

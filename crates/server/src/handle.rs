@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use pubsub_protocol::server_frame::encode_topic_message;
+use pubsub_protocol::server_frame::write_topic_message;
 use pubsub_protocol::{Action, ActionError, ClientId, Presence, Topic, UserId, Via, close};
 use serde::Serialize;
 
@@ -46,13 +46,9 @@ impl ServerHandle {
         let raw = serde_json::value::to_raw_value(action).map_err(|_| ActionError::NotAnObject)?;
         let action = Action::from_raw(raw, false)?;
         let id = self.hub.next_server_message_id();
-        Ok(Frame::from(encode_topic_message(
-            &id,
-            via,
-            None,
-            topic,
-            action.raw(),
-        )))
+        Ok(Frame::text_with(|out| {
+            write_topic_message(out, &id, via, None, topic, action.raw());
+        }))
     }
 
     /// Publishes `action` to every member of `topic` (it arrives with

@@ -50,6 +50,32 @@ impl Frame {
     pub(crate) fn raw(bytes: Bytes) -> Self {
         Frame(bytes)
     }
+
+    /// A text frame whose payload `write` appends to an empty buffer. The
+    /// payload is built in a reused per-thread buffer and copied once into
+    /// the frame, instead of going through a `String` of its own.
+    pub(crate) fn text_with(write: impl FnOnce(&mut Vec<u8>)) -> Self {
+        thread_local! {
+            static PAYLOAD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        PAYLOAD.with(|payload| {
+            // A frame being built inside another's `write` (not done today)
+            // gets a buffer of its own rather than a borrow panic.
+            let Ok(mut payload) = payload.try_borrow_mut() else {
+                let mut own = Vec::new();
+                write(&mut own);
+                return Frame(wire::encode_text(&own));
+            };
+            payload.clear();
+            write(&mut payload);
+            let frame = Frame(wire::encode_text(&payload));
+            // One huge frame should not pin its buffer for the thread's life.
+            if payload.capacity() > 64 * 1024 {
+                *payload = Vec::new();
+            }
+            frame
+        })
+    }
 }
 
 impl From<String> for Frame {

@@ -48,7 +48,14 @@ pub(crate) enum WireError {
 /// Frames one server message: header plus payload in one buffer.
 pub(crate) fn encode(opcode: u8, payload: &[u8]) -> Bytes {
     let len = payload.len();
-    let mut buf = BytesMut::with_capacity(len + 10);
+    let header = match len {
+        0..126 => 2,
+        126..=0xffff => 4,
+        _ => 10,
+    };
+    // Exactly the frame's size: `freeze` then hands the buffer to `Bytes`
+    // as it is, where spare capacity would cost another allocation.
+    let mut buf = BytesMut::with_capacity(header + len);
     buf.put_u8(0x80 | opcode);
     if len < 126 {
         buf.put_u8(len as u8);

@@ -10,9 +10,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use futures_util::FutureExt;
-use pubsub_protocol::server_frame::{
-    ErrorParts, encode_error, encode_message, encode_topic_message,
-};
+use pubsub_protocol::server_frame::{ErrorParts, write_error, write_topic_message};
 use pubsub_protocol::{ActionRef, ErrorCode, MessageId, Request, Sender, Topic, UserId, Via};
 use serde::Serialize;
 use serde::ser::SerializeMap;
@@ -126,12 +124,9 @@ impl Hub {
         id: &MessageId,
         action: &ActionRef<'_>,
     ) -> Outcome {
-        let message = Frame::from(encode_message(
-            id,
-            Via::Broadcast,
-            Some(sender),
-            action.raw(),
-        ));
+        let message = Frame::text_with(|out| {
+            write_topic_message(out, id, Via::Broadcast, Some(sender), None, action.raw());
+        });
         match self
             .engine
             .send_to_user(&sender.user, Some(&sender.client), &message)
@@ -155,7 +150,9 @@ impl Hub {
         to: &[UserId],
         action: &ActionRef<'_>,
     ) -> Outcome {
-        let message = Frame::from(encode_message(id, Via::User, Some(sender), action.raw()));
+        let message = Frame::text_with(|out| {
+            write_topic_message(out, id, Via::User, Some(sender), None, action.raw());
+        });
         match self.engine.send_to_users(to, &message).await {
             Ok(deliveries) => {
                 self.count_deliveries(deliveries.iter().map(|d| d.clients).sum());
@@ -184,13 +181,9 @@ impl Hub {
                 true,
             );
         }
-        let message = Frame::from(encode_topic_message(
-            id,
-            Via::Topic,
-            Some(sender),
-            Some(topic),
-            action.raw(),
-        ));
+        let message = Frame::text_with(|out| {
+            write_topic_message(out, id, Via::Topic, Some(sender), Some(topic), action.raw());
+        });
         let except = (!echo).then_some(&sender.client);
         match self.engine.publish(topic, except, &message).await {
             Ok(delivered) => {
@@ -241,13 +234,18 @@ impl Hub {
                         .data
                         .as_ref()
                         .and_then(|d| serde_json::value::to_raw_value(d).ok());
-                    let frame = Frame::from(encode_error(ErrorParts {
-                        id: Some(&id),
-                        code: ErrorCode::HandlerError,
-                        message: &e.message,
-                        retryable: e.retryable,
-                        data: data.as_deref(),
-                    }));
+                    let frame = Frame::text_with(|out| {
+                        write_error(
+                            out,
+                            ErrorParts {
+                                id: Some(&id),
+                                code: ErrorCode::HandlerError,
+                                message: &e.message,
+                                retryable: e.retryable,
+                                data: data.as_deref(),
+                            },
+                        );
+                    });
                     (frame, !e.retryable)
                 }
                 Ok(Err(_panic)) => {

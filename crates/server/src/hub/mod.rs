@@ -12,7 +12,7 @@ mod topics;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use pubsub_protocol::server_frame::{ErrorParts, encode_error};
+use pubsub_protocol::server_frame::{ErrorParts, write_error};
 use pubsub_protocol::{ClientId, DecodeLimits, ErrorCode, MessageId};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -126,7 +126,7 @@ impl Hub {
         message: &str,
     ) -> Frame {
         self.stats.error(code);
-        Frame::from(encode_error(ErrorParts::new(id, code, message)))
+        Frame::text_with(|out| write_error(out, ErrorParts::new(id, code, message)))
     }
 
     pub(crate) fn count_deliveries(&self, n: usize) {

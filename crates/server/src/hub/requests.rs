@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures_util::future::BoxFuture;
-use pubsub_protocol::server_frame::encode_ack;
+use pubsub_protocol::server_frame::write_ack;
 use pubsub_protocol::{MessageId, Request, Sender};
 use serde::Serialize;
 
@@ -55,6 +55,6 @@ impl Hub {
     /// Builds an `ack` frame and counts it.
     pub(crate) fn ack_frame<T: Serialize + ?Sized>(&self, id: &MessageId, result: &T) -> Frame {
         self.stats.messages_out.ack.fetch_add(1, Ordering::Relaxed);
-        Frame::from(encode_ack(id, result))
+        Frame::text_with(|out| write_ack(out, id, result))
     }
 }

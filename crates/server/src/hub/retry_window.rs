@@ -13,11 +13,13 @@
 //! Every request passes through here, and at a steady rate every request
 //! also pushes the oldest outcome out, so the layout is chosen for the CPU
 //! cache rather than for convenience: a user's outcomes are copied, id and
-//! frame together, into one byte ring in the order they finished, with a
-//! fixed-size record each and an index from the id's hash to the record.
-//! Remembering allocates nothing once the ring has grown, and forgetting
-//! touches only the oldest record and its index slot: no per-outcome
-//! allocation to free, no id to rehash, no reference count to drop.
+//! frame together, onto the end of one byte buffer in the order they
+//! finished, with a fixed-size record each and an index from the id's hash
+//! to the record. Remembering allocates nothing once the buffer has grown,
+//! and forgetting touches only the oldest record and its index slot: no
+//! per-outcome allocation to free, no id to rehash, no reference count to
+//! drop. Forgotten bytes at the buffer's front are cut off in one move once
+//! they are a third of it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -35,11 +37,11 @@ use tokio::time::Instant;
 use crate::connection::Frame;
 
 /// Per-outcome memory besides its id and frame bytes (the record, its index
-/// slot, the ring's spare capacity), counted against the byte budgets so
+/// slot, the buffer's forgotten front), counted against the byte budgets so
 /// they are close to what outcomes really cost.
 const ENTRY_OVERHEAD: usize = 64;
 
-/// One remembered outcome; its id and frame bytes are in the user's ring.
+/// One remembered outcome; its id and frame bytes are in the user's buffer.
 struct Remembered {
     /// When it was recorded; the window is counted from here.
     at: Instant,
@@ -74,10 +76,12 @@ struct UserWindow {
     first_seq: u64,
     /// Id hash → sequence number of the outcome in `remembered`.
     index: HashTable<u64>,
-    /// The remembered ids and frames back to back, oldest first.
-    ring: VecDeque<u8>,
-    /// Position of `ring[0]` in the user's byte stream.
-    ring_start: u64,
+    /// The remembered ids and frames back to back, oldest first, after
+    /// `forgotten` bytes of outcomes already forgotten.
+    buffer: Vec<u8>,
+    forgotten: usize,
+    /// Position of `buffer[0]` in the user's byte stream.
+    buffer_start: u64,
     /// Budgeted bytes of the remembered outcomes.
     bytes: usize,
 }
@@ -94,33 +98,29 @@ impl UserWindow {
             .find(hash, |&seq| {
                 self.record(seq).is_some_and(|r| {
                     usize::from(r.id_len) == id.len()
-                        && self
-                            .ring_bytes(r.start, id.len())
-                            .eq(id.as_bytes().iter().copied())
+                        && self.stored(r.start, id.len()) == Some(id.as_bytes())
                 })
             })
             .copied()
     }
 
-    fn ring_bytes(&self, start: u64, len: usize) -> impl Iterator<Item = u8> + '_ {
-        let from = (start - self.ring_start) as usize;
-        self.ring.range(from..from + len).copied()
+    fn stored(&self, start: u64, len: usize) -> Option<&[u8]> {
+        let from = usize::try_from(start.checked_sub(self.buffer_start)?).ok()?;
+        self.buffer.get(from..from.checked_add(len)?)
     }
 
     /// A copy of a remembered outcome's frame (replays are rare).
     fn frame(&self, seq: u64) -> Option<Frame> {
         let r = self.record(seq)?;
-        let frame: Vec<u8> = self
-            .ring_bytes(r.start + u64::from(r.id_len), r.frame_len as usize)
-            .collect();
-        Some(Frame::raw(Bytes::from(frame)))
+        let frame = self.stored(r.start + u64::from(r.id_len), r.frame_len as usize)?;
+        Some(Frame::raw(Bytes::copy_from_slice(frame)))
     }
 
     fn remember(&mut self, now: Instant, hash: u64, id: &MessageId, frame: &Frame, cost: usize) {
         let seq = self.first_seq + self.remembered.len() as u64;
-        let start = self.ring_start + self.ring.len() as u64;
-        self.ring.extend(id.as_str().as_bytes());
-        self.ring.extend(frame.bytes().iter());
+        let start = self.buffer_start + self.buffer.len() as u64;
+        self.buffer.extend_from_slice(id.as_str().as_bytes());
+        self.buffer.extend_from_slice(frame.bytes());
         self.remembered.push_back(Remembered {
             at: now,
             hash,
@@ -150,9 +150,11 @@ impl UserWindow {
             slot.remove();
         }
         // Outcomes leave in the order they came, so the oldest one's bytes
-        // are the ring's first.
-        self.ring.drain(..oldest.len());
-        self.ring_start += oldest.len() as u64;
+        // are the first still in the buffer.
+        self.forgotten += oldest.len();
+        if self.forgotten * 3 >= self.buffer.len() {
+            self.cut_forgotten();
+        }
         let cost = oldest.len() + ENTRY_OVERHEAD;
         self.bytes -= cost;
         cost
@@ -176,9 +178,16 @@ impl UserWindow {
     }
 
     /// Gives back memory a burst left behind once the user is quieter.
+    fn cut_forgotten(&mut self) {
+        self.buffer.drain(..self.forgotten);
+        self.buffer_start += self.forgotten as u64;
+        self.forgotten = 0;
+    }
+
     fn shrink(&mut self) {
-        if self.ring.capacity() > 4 * self.ring.len().max(1024) {
-            self.ring.shrink_to(2 * self.ring.len());
+        self.cut_forgotten();
+        if self.buffer.capacity() > 4 * self.buffer.len().max(1024) {
+            self.buffer.shrink_to(2 * self.buffer.len());
             self.remembered.shrink_to(2 * self.remembered.len());
             let (remembered, first_seq) = (&self.remembered, self.first_seq);
             self.index.shrink_to_fit(|&seq| {
@@ -517,7 +526,7 @@ mod tests {
             1 << 30,
         );
         let u = UserId::new("u").unwrap();
-        // Same length, same hash: only the bytes in the ring differ.
+        // Same length, same hash: only the bytes in the buffer differ.
         for (m, frame) in [("m1", "one"), ("m2", "two"), ("m3", "three")] {
             let Begin::New(t) = w.begin(&u, &MessageId::new(m).unwrap()) else {
                 panic!("{m} is new")
@@ -542,8 +551,8 @@ mod tests {
 
     #[tokio::test]
     async fn outcomes_replay_intact_while_older_ones_are_pushed_out() {
-        // Room for about 20 outcomes: thousands go through, so the ring's
-        // start moves far past where it began and wraps its buffer many times.
+        // Room for about 20 outcomes: thousands go through, so the buffer's
+        // start moves far past where it began and its front is cut many times.
         let w = RetryWindow::new(
             Duration::from_secs(120),
             20 * (ENTRY_OVERHEAD + 30),
@@ -604,9 +613,9 @@ mod tests {
         let users = w.0.users.get(&u).expect("`later` is still remembered");
         assert_eq!(users.remembered.len(), 1);
         assert!(
-            users.ring.capacity() <= 4096,
-            "ring keeps {} bytes of capacity for one outcome",
-            users.ring.capacity()
+            users.buffer.capacity() <= 4096,
+            "the buffer keeps {} bytes of capacity for one outcome",
+            users.buffer.capacity()
         );
     }
 }
