@@ -282,6 +282,13 @@ impl Outbox {
         self.wake.notified().await;
     }
 
+    /// The same signal as [`Outbox::wait`] as a future the caller can keep
+    /// pinned across turns of its loop (re-arming it only once it fired),
+    /// instead of registering and unregistering a waiter every turn.
+    pub(crate) fn woken(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
     /// Writes what is queued until the queue is empty. Returns the kick if
     /// the connection was kicked (a slow consumer's queue is not written).
     pub(crate) async fn flush(&self) -> Result<(), Kick> {

@@ -85,6 +85,8 @@ pub(super) async fn run(
     let shutdown = hub.shutdown.clone().cancelled_owned();
     tokio::pin!(shutdown);
     let mut drain_deadline: Option<Pin<Box<Sleep>>> = None;
+    let woken = outbox.woken();
+    tokio::pin!(woken);
 
     // Frames the client sent right behind its handshake.
     if !leftover.is_empty() {
@@ -112,7 +114,8 @@ pub(super) async fn run(
         let can_read = !draining && in_flight.len() < config.max_in_flight_per_connection;
         tokio::select! {
             biased;
-            () = outbox.wait() => {
+            () = &mut woken => {
+                woken.set(outbox.woken());
                 if let Err(end) = Box::pin(write_out(outbox, config.write_timeout())).await {
                     return end;
                 }
