@@ -80,10 +80,15 @@ pub(super) async fn run(
     let heartbeat = sleep_until(next_ping);
     tokio::pin!(heartbeat);
 
-    // Polled in place rather than re-created each turn, so waiting on the
-    // shared shutdown token costs one registration per connection.
+    // Waiting on the shared shutdown token: registered once per connection,
+    // by polling it here. The registration holds this task's waker (a task's
+    // waker does not change), so the loop below only reads the token's flag
+    // when woken; polling the future again would take the token's lock on
+    // every turn.
     let shutdown = hub.shutdown.clone().cancelled_owned();
     tokio::pin!(shutdown);
+    let shutting_down =
+        std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
     let mut drain_deadline: Option<Pin<Box<Sleep>>> = None;
     let woken = outbox.woken();
     tokio::pin!(woken);
@@ -123,7 +128,11 @@ pub(super) async fn run(
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
                 outbox.push(answer);
             }
-            () = &mut shutdown, if !draining => {
+            () = std::future::poll_fn(|_| if shutting_down || hub.shutdown.is_cancelled() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }), if !draining => {
                 drain_deadline = Some(Box::pin(tokio::time::sleep(config.shutdown_timeout())));
             }
             ready = socket.readable(), if can_read => {
