@@ -135,7 +135,9 @@ pub(super) async fn run(
             }), if !draining => {
                 drain_deadline = Some(Box::pin(tokio::time::sleep(config.shutdown_timeout())));
             }
-            ready = socket.readable(), if can_read => {
+            // The socket's own reader slot, rather than `readable()`, which
+            // links and unlinks a waiter in a list on every turn.
+            ready = std::future::poll_fn(|cx| socket.poll_read_ready(cx)), if can_read => {
                 if ready.is_err() {
                     return End::Failed;
                 }
