@@ -8,6 +8,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::scan::{plain_string, skip_value, skip_ws};
+
 /// Action types starting with this prefix are system events sent by the server.
 /// Clients may not send actions with such a type.
 pub const RESERVED_PREFIX: &str = "@pubsub/";
@@ -111,69 +113,6 @@ fn plain_type(text: &str) -> Option<&str> {
             i = skip_ws(b, after);
         } else {
             i = skip_ws(b, skip_value(b, i)?);
-        }
-    }
-}
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while b
-        .get(i)
-        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
-    {
-        i += 1;
-    }
-    i
-}
-
-/// A string at `i` with no escapes: the range of its contents and the index
-/// after its closing quote.
-fn plain_string(b: &[u8], i: usize) -> Option<(std::ops::Range<usize>, usize)> {
-    if *b.get(i)? != b'"' {
-        return None;
-    }
-    let start = i + 1;
-    let end = start
-        + b.get(start..)?
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\')?;
-    (b[end] == b'"').then_some((start..end, end + 1))
-}
-
-/// The index after the (valid) value starting at `i`.
-fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
-    let mut depth = 0usize;
-    loop {
-        match *b.get(i)? {
-            b'"' => {
-                i += 1;
-                loop {
-                    match *b.get(i)? {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
-                    }
-                }
-                i += 1;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                i += 1;
-            }
-            b'}' | b']' => {
-                if depth == 0 {
-                    return Some(i);
-                }
-                depth -= 1;
-                i += 1;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            b',' if depth == 0 => return Some(i),
-            _ => i += 1,
         }
     }
 }

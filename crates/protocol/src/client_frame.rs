@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use crate::action::{ActionError, ActionRef};
 use crate::codes::ErrorCode;
 use crate::ids::{MessageId, Topic, UserId};
+use crate::scan::skip_ws;
 
 /// Names of the client frame kinds.
 pub mod kind {
@@ -168,8 +169,166 @@ impl FrameError {
     }
 }
 
-#[derive(Deserialize)]
+/// A frame's top-level members: each the JSON text of its value, except the
+/// action, which stays a `RawValue` for the action checks.
+#[derive(Debug, Default)]
 struct Envelope<'a> {
+    kind: Option<&'a str>,
+    id: Option<&'a str>,
+    to: Option<&'a str>,
+    action: Option<&'a RawValue>,
+    topic: Option<&'a str>,
+    users: Option<&'a str>,
+    echo: Option<&'a str>,
+    active: Option<&'a str>,
+}
+
+impl<'a> Envelope<'a> {
+    /// One pass for frames of the usual shape, serde for everything else
+    /// (and for every error message).
+    fn decode(text: &'a str) -> Result<Self, serde_json::Error> {
+        match Self::scan(text) {
+            Some(envelope) => Ok(envelope),
+            None => Self::decode_with_serde(text),
+        }
+    }
+
+    fn decode_with_serde(text: &'a str) -> Result<Self, serde_json::Error> {
+        let env: SerdeEnvelope<'a> = serde_json::from_str(text)?;
+        Ok(Envelope {
+            kind: env.kind.map(RawValue::get),
+            id: env.id.map(RawValue::get),
+            to: env.to.map(RawValue::get),
+            action: env.action,
+            topic: env.topic.map(RawValue::get),
+            users: env.users.map(RawValue::get),
+            echo: env.echo.map(RawValue::get),
+            active: env.active.map(RawValue::get),
+        })
+    }
+
+    /// The members of a frame that is one JSON object whose keys need no
+    /// unescaping and appear once each; `None` for anything else, and then
+    /// serde decides. Whatever this accepts is valid JSON that serde decodes
+    /// to the same members (tested against serde on fixed and random
+    /// frames): the glue between members is checked here; `kind`, `id` and
+    /// `topic` must be strings with nothing to unescape, `echo` and `active`
+    /// literals, and every other value (the action above all) is validated
+    /// by serde on its own.
+    fn scan(text: &'a str) -> Option<Self> {
+        let b = text.as_bytes();
+        let mut i = skip_ws(b, 0);
+        if *b.get(i)? != b'{' {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        let mut env = Envelope::default();
+        if *b.get(i)? == b'}' {
+            i += 1;
+        } else {
+            loop {
+                let quoted = plain_json_string(text.get(i..)?)?;
+                let key = &quoted[1..quoted.len() - 1];
+                i = skip_ws(b, i + quoted.len());
+                if *b.get(i)? != b':' {
+                    return None;
+                }
+                i = skip_ws(b, i + 1);
+                let rest = text.get(i..)?;
+                let len = match key {
+                    "kind" => fill(&mut env.kind, plain_json_string(rest)?)?,
+                    "id" => fill(&mut env.id, plain_json_string(rest)?)?,
+                    "topic" => fill(&mut env.topic, plain_json_string(rest)?)?,
+                    "echo" => fill(&mut env.echo, json_bool(rest)?)?,
+                    "active" => fill(&mut env.active, json_bool(rest)?)?,
+                    "action" => fill(&mut env.action, one_value(rest)?)?,
+                    "to" => fill(&mut env.to, not_null(one_value(rest)?)?)?,
+                    "users" => fill(&mut env.users, not_null(one_value(rest)?)?)?,
+                    // Any other member is ignored, once serde finds it valid.
+                    _ => one_value(rest)?.get().len(),
+                };
+                i = skip_ws(b, i + len);
+                match *b.get(i)? {
+                    b',' => i = skip_ws(b, i + 1),
+                    b'}' => {
+                        i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        (skip_ws(b, i) == b.len()).then_some(env)
+    }
+}
+
+/// The text of a member's value, as it is stored.
+trait ValueText {
+    fn text_len(&self) -> usize;
+}
+
+impl ValueText for &str {
+    fn text_len(&self) -> usize {
+        self.len()
+    }
+}
+
+impl ValueText for &RawValue {
+    fn text_len(&self) -> usize {
+        self.get().len()
+    }
+}
+
+/// Stores a member's value and returns the length of its text; `None` if
+/// the member came before (serde calls that an error, and gets to say so).
+fn fill<T: ValueText>(slot: &mut Option<T>, value: T) -> Option<usize> {
+    if slot.is_some() {
+        return None;
+    }
+    let len = value.text_len();
+    *slot = Some(value);
+    Some(len)
+}
+
+/// The JSON string at the start of `rest` if it has nothing to unescape and
+/// no control characters (so it is certainly valid).
+fn plain_json_string(rest: &str) -> Option<&str> {
+    let b = rest.as_bytes();
+    if *b.first()? != b'"' {
+        return None;
+    }
+    let end = 1 + b
+        .get(1..)?
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    (b[end] == b'"').then(|| &rest[..=end])
+}
+
+/// `true` or `false` at the start of `rest` (followed by a delimiter, which
+/// the caller checks).
+fn json_bool(rest: &str) -> Option<&str> {
+    ["true", "false"]
+        .into_iter()
+        .find(|literal| rest.starts_with(literal))
+        .map(|literal| &rest[..literal.len()])
+}
+
+/// The one JSON value at the start of `rest`, validated by serde, which
+/// stops where the value ends.
+fn one_value(rest: &str) -> Option<&RawValue> {
+    serde_json::Deserializer::from_str(rest)
+        .into_iter::<&RawValue>()
+        .next()?
+        .ok()
+}
+
+/// For `to` and `users`, `null` means absent: serde's case.
+fn not_null(value: &RawValue) -> Option<&str> {
+    (value.get() != "null").then(|| value.get())
+}
+
+#[derive(Deserialize)]
+struct SerdeEnvelope<'a> {
     #[serde(borrow)]
     kind: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -198,8 +357,8 @@ enum OneOrMany {
 /// The contents of a JSON string that needs no unescaping, borrowed from the
 /// frame; `None` for anything else. `raw` is valid JSON, so a string without
 /// a backslash holds no quote or control character to worry about.
-fn plain_str(raw: &RawValue) -> Option<&str> {
-    let inner = raw.get().strip_prefix('"')?.strip_suffix('"')?;
+fn plain_str(raw: &str) -> Option<&str> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
     (!inner.contains('\\')).then_some(inner)
 }
 
@@ -216,7 +375,7 @@ pub fn decode_client_frame<'a>(
             None,
         ));
     }
-    let env: Envelope<'a> = serde_json::from_str(text).map_err(|e| {
+    let env = Envelope::decode(text).map_err(|e| {
         FrameError::new(
             ErrorCode::MalformedFrame,
             format!("invalid JSON: {e}"),
@@ -231,7 +390,7 @@ pub fn decode_client_frame<'a>(
         // (escapes, wrong type, invalid) takes serde's path and its message.
         Some(raw) => Some(match plain_str(raw).and_then(|s| MessageId::new(s).ok()) {
             Some(id) => id,
-            None => serde_json::from_str::<MessageId>(raw.get()).map_err(|e| {
+            None => serde_json::from_str::<MessageId>(raw).map_err(|e| {
                 FrameError::new(
                     ErrorCode::InvalidField,
                     format!(
@@ -253,7 +412,7 @@ pub fn decode_client_frame<'a>(
         }
         Some(raw) => match plain_str(raw) {
             Some(kind) => std::borrow::Cow::Borrowed(kind),
-            None => serde_json::from_str(raw.get()).map_err(|_| {
+            None => serde_json::from_str(raw).map_err(|_| {
                 FrameError::new(
                     ErrorCode::UnknownKind,
                     "`kind` must be a string",
@@ -348,18 +507,18 @@ pub fn decode_client_frame<'a>(
 }
 
 fn decode_recipients(
-    raw: Option<&RawValue>,
+    raw: Option<&str>,
     id: &MessageId,
     limits: &DecodeLimits,
 ) -> Result<Vec<UserId>, FrameError> {
     decode_users(raw, "to", id, limits.max_recipients)
 }
 
-fn decode_topic(raw: Option<&RawValue>, id: &MessageId) -> Result<Topic, FrameError> {
+fn decode_topic(raw: Option<&str>, id: &MessageId) -> Result<Topic, FrameError> {
     let raw = raw.ok_or_else(|| {
         FrameError::new(ErrorCode::InvalidTopic, "missing `topic`", Some(id.clone()))
     })?;
-    let name: std::borrow::Cow<'_, str> = serde_json::from_str(raw.get()).map_err(|_| {
+    let name: std::borrow::Cow<'_, str> = serde_json::from_str(raw).map_err(|_| {
         FrameError::new(
             ErrorCode::InvalidTopic,
             "`topic` must be a string",
@@ -371,33 +530,31 @@ fn decode_topic(raw: Option<&RawValue>, id: &MessageId) -> Result<Topic, FrameEr
 }
 
 fn decode_bool(
-    raw: Option<&RawValue>,
+    raw: Option<&str>,
     field: &str,
     id: Option<&MessageId>,
 ) -> Result<Option<bool>, FrameError> {
     match raw {
         None => Ok(None),
-        Some(raw) => serde_json::from_str::<bool>(raw.get())
-            .map(Some)
-            .map_err(|_| {
-                FrameError::new(
-                    ErrorCode::InvalidField,
-                    format!("`{field}` must be true or false"),
-                    id.cloned(),
-                )
-            }),
+        Some(raw) => serde_json::from_str::<bool>(raw).map(Some).map_err(|_| {
+            FrameError::new(
+                ErrorCode::InvalidField,
+                format!("`{field}` must be true or false"),
+                id.cloned(),
+            )
+        }),
     }
 }
 
 fn decode_users(
-    raw: Option<&RawValue>,
+    raw: Option<&str>,
     field: &str,
     id: &MessageId,
     max: usize,
 ) -> Result<Vec<UserId>, FrameError> {
     let invalid = |msg: String| FrameError::new(ErrorCode::InvalidField, msg, Some(id.clone()));
     let raw = raw.ok_or_else(|| invalid(format!("missing `{field}`")))?;
-    let list = match serde_json::from_str::<OneOrMany>(raw.get()) {
+    let list = match serde_json::from_str::<OneOrMany>(raw) {
         Ok(OneOrMany::One(user)) => vec![user],
         Ok(OneOrMany::Many(list)) => list,
         Err(_) => {
@@ -684,5 +841,139 @@ mod tests {
         let f = decode_client_frame(&text, &limits()).unwrap();
         assert_eq!(f.kind(), kind::SEND_TO_USER);
         assert_eq!(f.id(), Some(&id));
+    }
+
+    fn members<'a>(e: &Envelope<'a>) -> [Option<&'a str>; 8] {
+        [
+            e.kind,
+            e.id,
+            e.to,
+            e.action.map(RawValue::get),
+            e.topic,
+            e.users,
+            e.echo,
+            e.active,
+        ]
+    }
+
+    /// The one-pass envelope scan either agrees with serde or steps aside.
+    fn scan_agrees_with_serde(text: &str) -> bool {
+        let serde = Envelope::decode_with_serde(text);
+        let Some(fast) = Envelope::scan(text) else {
+            return false;
+        };
+        let slow =
+            serde.unwrap_or_else(|e| panic!("scan accepted what serde refuses ({e}): {text:?}"));
+        assert_eq!(members(&fast), members(&slow), "{text:?}");
+        true
+    }
+
+    #[test]
+    fn the_envelope_scan_takes_usual_frames_and_agrees_with_serde() {
+        let usual = [
+            r#"{"kind":"sendToServer","id":"c1-7","action":{"type":"e","t":1764114000000}}"#,
+            r#"{"kind":"sendToUser","id":"m-1","to":["bob","44",44],"action":{"type":"CHAT","text":"hi \"you\" \\ \u00e9"}}"#,
+            r#"{"kind":"sendToUser","id":"m-2","to":"bob","action":{"type":"T"}}"#,
+            r#"{"kind":"publish","id":"p","topic":"room-1","action":{"type":"T","a":[1,{"b":null}]},"echo":true}"#,
+            r#"{"kind":"activity","active":false}"#,
+            r#"{"kind":"ping"}"#,
+            r#"{"kind":"watch","id":"w","users":["a","b"]}"#,
+            " \t\n{ \"kind\" : \"broadcast\" , \"id\" : \"b\" , \"action\" : { \"type\" : \"T\" } , \"extra\" : [ 1 , 2.5e-3 , -0 ] } \r\n",
+            r#"{"kind":"broadcast","id":"b","action":{"type":"T"},"unknown":{"nested":[[[]]]},"n":null}"#,
+            r#"{}"#,
+        ];
+        for text in usual {
+            assert!(
+                scan_agrees_with_serde(text),
+                "the scan should take {text:?}"
+            );
+        }
+        // Unusual or invalid: the scan steps aside (serde decides, and names the error).
+        let unusual = [
+            r#"{"kin\u0064":"ping"}"#,
+            r#"{"kind":"ping","kind":"pong"}"#,
+            r#"{"kind":"p\u0069ng"}"#,
+            r#"{"kind":null}"#,
+            r#"{"id":"a","id":null,"kind":"ping"}"#,
+            r#"{"kind":"ping","echo":1}"#,
+            r#"{"kind":"ping",}"#,
+            r#"{"kind":"ping"} x"#,
+            r#"{"kind":"ping"}{}"#,
+            r#"{"kind" "ping"}"#,
+            r#"{"kind":"ping","x":01}"#,
+            r#"{"kind":"ping","x":1.}"#,
+            r#"{"kind":"ping","x":tru}"#,
+            r#"{"kind":"ping","x":"bad \x escape"}"#,
+            "{\"kind\":\"ping\",\"x\":\"control \u{1} char\"}",
+            "{\"kind\":\"ping\",\"x\u{1}\":1}",
+            r#"{"kind":"ping","x":[1,2}"#,
+            r#"{"kind":"ping","x":{"a":1]}"#,
+            r#"{"kind":"ping","x":"unterminated}"#,
+            "\u{a0}{\"kind\":\"ping\"}",
+            r#"["kind","ping"]"#,
+            r#"{"kind":"ping""#,
+        ];
+        for text in unusual {
+            assert!(
+                !scan_agrees_with_serde(text),
+                "the scan should leave {text:?} to serde"
+            );
+        }
+        // Values serde does not deserialize may nest as deep as they like,
+        // in both paths.
+        let deep = format!(
+            r#"{{"kind":"ping","x":{}{}}}"#,
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        assert!(scan_agrees_with_serde(&deep));
+    }
+
+    /// Thousands of frames mangled at random: whenever the scan accepts one,
+    /// serde accepts it too and reads the same members.
+    #[test]
+    fn the_envelope_scan_agrees_with_serde_on_mangled_frames() {
+        let seeds = [
+            r#"{"kind":"sendToUser","id":"m-1","to":["bob",44],"action":{"type":"CHAT","t":[1.5,-2e3,true,null],"s":"\"q\" \\ \u00e9"},"echo":false}"#,
+            r#"{ "kind" : "publish" , "id" : "p" , "topic" : "t" , "action" : { "type" : "T" } , "x" : { } }"#,
+        ];
+        let alphabet: &[u8] = b"{}[]\",:\\ \t\n0123456789-+.eEtrufalsn\x01kindaco";
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: usize| {
+            // xorshift64*: repeatable, no dependency.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+        };
+        let (mut taken, mut total) = (0, 0);
+        for seed in seeds {
+            for _ in 0..6_000 {
+                let mut bytes = seed.as_bytes().to_vec();
+                for _ in 0..1 + next(3) {
+                    let at = next(bytes.len());
+                    let c = alphabet[next(alphabet.len())];
+                    match next(3) {
+                        0 => bytes[at] = c,
+                        1 => bytes.insert(at, c),
+                        _ => {
+                            bytes.remove(at);
+                        }
+                    }
+                }
+                let Ok(text) = String::from_utf8(bytes) else {
+                    continue;
+                };
+                total += 1;
+                if scan_agrees_with_serde(&text) {
+                    taken += 1;
+                }
+            }
+        }
+        // Both sides of the comparison were exercised.
+        assert!(
+            taken > 500 && taken < total,
+            "{taken} of {total} taken by the scan"
+        );
     }
 }

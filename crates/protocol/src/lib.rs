@@ -14,6 +14,7 @@ pub mod codes;
 pub mod ids;
 pub mod limits;
 pub mod presence;
+mod scan;
 pub mod server_frame;
 
 pub use action::{Action, ActionError, ActionRef, RESERVED_PREFIX};
