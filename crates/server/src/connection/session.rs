@@ -279,6 +279,14 @@ async fn on_text(
                 Answer::Now(frame) => {
                     outbox.push(frame);
                 }
+                Answer::Call(mut call) => {
+                    match std::future::poll_fn(|cx| Poll::Ready(call.poll_frame(cx))).await {
+                        Poll::Ready(frame) => {
+                            outbox.push(frame);
+                        }
+                        Poll::Pending => in_flight.push(call.into_waiting()),
+                    }
+                }
                 Answer::Later(mut answer) => {
                     // Most handlers answer at once: try before parking the call.
                     match std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await {

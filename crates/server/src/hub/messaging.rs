@@ -2,20 +2,16 @@
 //! which go through the retry window: delivered or handled once per (user,
 //! message id), every retry answered with the first outcome.
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
 
-use futures_util::FutureExt;
-use pubsub_protocol::server_frame::{ErrorParts, write_error, write_topic_message};
+use pubsub_protocol::server_frame::write_topic_message;
 use pubsub_protocol::{ActionRef, ErrorCode, MessageId, Request, Sender, Topic, UserId, Via};
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::Hub;
+use super::handler_call::HandlerCall;
 use super::requests::Answer;
 use super::retry_window::{Begin, Ticket};
 use crate::connection::{ClientHandle, Frame};
@@ -210,61 +206,14 @@ impl Hub {
             ticket.settle(&frame, true);
             return Answer::Now(frame);
         };
-        let hub = self.clone();
         let ctx = HandlerContext::new(
             ServerHandle::new(self.clone()),
             client.shared_info().clone(),
             id.clone(),
         );
         let action = action.to_owned();
-        Answer::Later(Box::pin(async move {
-            let mut call = AssertUnwindSafe(handler.handle(ctx, action)).catch_unwind();
-            // Most handlers answer without waiting: only arm the timeout
-            // (a timer registration) for those that do not.
-            let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut call).poll(cx))).await;
-            let outcome = match first {
-                Poll::Ready(result) => Ok(result),
-                Poll::Pending => tokio::time::timeout(hub.config.handler_timeout(), call).await,
-            };
-            let (frame, remember) = match outcome {
-                Ok(Ok(Ok(reply))) => (hub.ack_frame(&id, reply.as_raw()), true),
-                Ok(Ok(Err(e))) => {
-                    hub.stats.error(ErrorCode::HandlerError);
-                    let data = e
-                        .data
-                        .as_ref()
-                        .and_then(|d| serde_json::value::to_raw_value(d).ok());
-                    let frame = Frame::text_with(|out| {
-                        write_error(
-                            out,
-                            ErrorParts {
-                                id: Some(&id),
-                                code: ErrorCode::HandlerError,
-                                message: &e.message,
-                                retryable: e.retryable,
-                                data: data.as_deref(),
-                            },
-                        );
-                    });
-                    (frame, !e.retryable)
-                }
-                Ok(Err(_panic)) => {
-                    tracing::error!(message_id = %id, "handler panicked");
-                    let frame =
-                        hub.error_frame(Some(&id), ErrorCode::Internal, "the handler failed");
-                    (frame, false)
-                }
-                Err(_elapsed) => {
-                    let message = format!(
-                        "the handler did not answer within {} ms",
-                        hub.config.handler_timeout_ms
-                    );
-                    let frame = hub.error_frame(Some(&id), ErrorCode::HandlerTimeout, &message);
-                    (frame, false)
-                }
-            };
-            ticket.settle(&frame, remember);
-            frame
-        }))
+        // The handler's future borrows the handler; this one owns it.
+        let call = Box::pin(async move { handler.handle(ctx, action).await });
+        Answer::Call(HandlerCall::new(self.clone(), id, ticket, call))
     }
 }

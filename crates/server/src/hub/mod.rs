@@ -2,6 +2,7 @@
 //! client requests (`broadcast`, `sendToUser`, `sendToServer`) into deliveries
 //! and answers. It owns no sockets; connections hand it decoded frames.
 
+mod handler_call;
 mod hooks;
 mod messaging;
 mod presence;
@@ -26,6 +27,7 @@ use crate::presence::{PresenceHooks, PresencePolicy};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::topics::TopicPolicy;
 
+pub(crate) use handler_call::HandlerCall;
 pub(crate) use hooks::{HookEvent, HookQueue, run_hooks};
 pub(crate) use requests::Answer;
 pub(crate) use retry_window::RetryWindow;

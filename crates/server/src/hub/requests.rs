@@ -17,6 +17,8 @@ use crate::connection::{ClientHandle, Frame};
 pub(crate) enum Answer {
     Now(Frame),
     Later(BoxFuture<'static, Frame>),
+    /// A handler call: poll it once before parking it (see handler_call.rs).
+    Call(super::HandlerCall),
 }
 
 impl Hub {

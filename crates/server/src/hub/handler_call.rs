@@ -1,0 +1,111 @@
+//! One `sendToServer` handler call: polled once where the request was read,
+//! since most handlers answer at once, and parked with its timeout only if
+//! it did not. A plain struct rather than an `async` block, so the common
+//! case allocates nothing beyond the handler's own future.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, CatchUnwind};
+use pubsub_protocol::server_frame::{ErrorParts, write_error};
+use pubsub_protocol::{ErrorCode, MessageId};
+
+use super::Hub;
+use super::retry_window::Ticket;
+use crate::connection::Frame;
+use crate::handler::HandlerResult;
+
+type Call = CatchUnwind<AssertUnwindSafe<BoxFuture<'static, HandlerResult>>>;
+
+pub(crate) struct HandlerCall {
+    hub: Arc<Hub>,
+    id: MessageId,
+    ticket: Option<Ticket>,
+    call: Call,
+}
+
+impl HandlerCall {
+    pub(super) fn new(
+        hub: Arc<Hub>,
+        id: MessageId,
+        ticket: Ticket,
+        call: BoxFuture<'static, HandlerResult>,
+    ) -> Self {
+        Self {
+            hub,
+            id,
+            ticket: Some(ticket),
+            call: AssertUnwindSafe(call).catch_unwind(),
+        }
+    }
+
+    /// Polls the handler; once it answered, the answer's frame (settled in
+    /// the retry window).
+    pub(crate) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Frame> {
+        Pin::new(&mut self.call)
+            .poll(cx)
+            .map(|outcome| self.finish(Ok(outcome)))
+    }
+
+    /// The call as a future bounded by the handler timeout, for a handler
+    /// that did not answer at once.
+    pub(crate) fn into_waiting(mut self) -> BoxFuture<'static, Frame> {
+        Box::pin(async move {
+            let timeout = self.hub.config.handler_timeout();
+            let outcome = tokio::time::timeout(timeout, &mut self.call).await;
+            self.finish(outcome.map_err(|_| ()))
+        })
+    }
+
+    /// The frame for how the call ended (`Err` = timed out), settled in the
+    /// retry window.
+    fn finish(&mut self, outcome: Result<Result<HandlerResult, Box<dyn Any + Send>>, ()>) -> Frame {
+        let hub = &self.hub;
+        let id = &self.id;
+        let (frame, remember) = match outcome {
+            Ok(Ok(Ok(reply))) => (hub.ack_frame(id, reply.as_raw()), true),
+            Ok(Ok(Err(e))) => {
+                hub.stats.error(ErrorCode::HandlerError);
+                let data = e
+                    .data
+                    .as_ref()
+                    .and_then(|d| serde_json::value::to_raw_value(d).ok());
+                let frame = Frame::text_with(|out| {
+                    write_error(
+                        out,
+                        ErrorParts {
+                            id: Some(id),
+                            code: ErrorCode::HandlerError,
+                            message: &e.message,
+                            retryable: e.retryable,
+                            data: data.as_deref(),
+                        },
+                    );
+                });
+                (frame, !e.retryable)
+            }
+            Ok(Err(_panic)) => {
+                tracing::error!(message_id = %id, "handler panicked");
+                let frame = hub.error_frame(Some(id), ErrorCode::Internal, "the handler failed");
+                (frame, false)
+            }
+            Err(()) => {
+                let message = format!(
+                    "the handler did not answer within {} ms",
+                    hub.config.handler_timeout_ms
+                );
+                let frame = hub.error_frame(Some(id), ErrorCode::HandlerTimeout, &message);
+                (frame, false)
+            }
+        };
+        if let Some(ticket) = self.ticket.take() {
+            ticket.settle(&frame, remember);
+        }
+        frame
+    }
+}
