@@ -123,6 +123,9 @@ struct Queue {
     bytes: usize,
     /// Until `welcome` is queued nothing is written, so it is always first.
     held: bool,
+    /// While the connection works through several frames from one read,
+    /// what it answers is queued and written together (see `cork`).
+    corked: bool,
     kicked: Option<Kick>,
 }
 
@@ -165,6 +168,22 @@ pub(crate) struct Outbox {
     max_bytes: usize,
 }
 
+/// Writes held back while it lives; see [`Outbox::cork`].
+pub(crate) struct Corked<'a>(&'a Outbox);
+
+impl Drop for Corked<'_> {
+    fn drop(&mut self) {
+        let pending = {
+            let mut q = self.0.queue.lock();
+            q.corked = false;
+            !q.frames.is_empty() && !q.held
+        };
+        if pending {
+            self.0.write_queued();
+        }
+    }
+}
+
 /// Most frames handed to one vectored write.
 const MAX_IOV: usize = 64;
 
@@ -188,7 +207,7 @@ impl Outbox {
         if q.kicked.is_some() {
             return false;
         }
-        if q.frames.is_empty() && !q.held {
+        if q.frames.is_empty() && !q.held && !q.corked {
             // The fast path, under the lock so frames never interleave.
             let written = match self.socket.try_write(frame.bytes()) {
                 Ok(n) => n,
@@ -227,7 +246,8 @@ impl Outbox {
         if q.kicked.is_some() {
             return None;
         }
-        let first = q.frames.is_empty() && !q.held;
+        // A corked outbox is written by its own connection when uncorked.
+        let first = q.frames.is_empty() && !q.held && !q.corked;
         if !q.enqueue(frame, self.max_bytes) {
             drop(q);
             self.wake.notify_one();
@@ -243,6 +263,15 @@ impl Outbox {
         if !matches!(self.write_some(false), Ok(true)) {
             self.wake.notify_one();
         }
+    }
+
+    /// Holds back writes until the guard is dropped, then writes what was
+    /// queued in one system call: the answers to several requests that
+    /// arrived in one read (a `sendToUser` and a `broadcast`, say) reach the
+    /// socket together instead of one `send` each.
+    pub(crate) fn cork(&self) -> Corked<'_> {
+        self.queue.lock().corked = true;
+        Corked(self)
     }
 
     /// Queues `welcome` ahead of anything that raced it, and starts writing.
@@ -462,5 +491,37 @@ mod tests {
         );
         assert_eq!(q.frames.len(), 1);
         assert_eq!(q.bytes, q.frames[0].len() - q.offset);
+    }
+
+    #[tokio::test]
+    async fn a_corked_outbox_writes_what_it_queued_at_once_when_uncorked() {
+        let (server, mut client) = pair().await;
+        let outbox = Outbox::new(server.clone(), 1 << 20);
+        outbox.release_with_first(Frame::from("w"));
+        outbox.flush().await.unwrap();
+        let mut welcome = [0u8; 3];
+        client.read_exact(&mut welcome).await.unwrap();
+        {
+            let _corked = outbox.cork();
+            assert!(outbox.push(Frame::from("one")));
+            assert_eq!(outbox.push_deferred(Frame::from("two")), Some(false));
+            assert!(outbox.push(Frame::from("three")));
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let mut probe = [0u8; 1];
+            assert!(
+                matches!(client.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                "nothing is written while corked"
+            );
+        }
+        assert!(outbox.queue.lock().frames.is_empty(), "written on uncork");
+        let mut buf = vec![0u8; 5 + 5 + 7];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(
+            (&buf[2..5], &buf[7..10], &buf[12..]),
+            (&b"one"[..], &b"two"[..], &b"three"[..])
+        );
+        // Uncorked, a frame goes straight out again.
+        assert!(outbox.push(Frame::from("four")));
+        assert!(outbox.queue.lock().frames.is_empty());
     }
 }

@@ -151,6 +151,8 @@ pub(super) async fn run(
                     }
                     Err(ReadError::Wire(e)) => return End::from_wire(e),
                 }
+                // Several frames in one read: answer them in one write.
+                let _corked = (incoming.len() > 1).then(|| outbox.cork());
                 for message in incoming.drain(..) {
                     let end = Box::pin(on_message(hub, handle, &sender, &mut limits, &mut in_flight, message)).await;
                     if let Some(end) = end {
