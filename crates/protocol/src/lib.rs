@@ -7,6 +7,8 @@
 //! - [`codes`]: numbered error codes and WebSocket close codes with their advice.
 //! - [`presence`]: the presence model and system event types.
 //! - [`limits`]: default limits.
+//! - `scan` (private): byte-level JSON scanning behind the decoders' fast
+//!   paths, each of which steps aside for serde on anything unusual.
 
 pub mod action;
 pub mod client_frame;
