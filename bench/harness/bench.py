@@ -424,7 +424,8 @@ def row_for(workload, r):
     if workload in ("fanout", "dm"):
         keeps = "yes" if keeps_up(r) else "no"
         first = [t, r["conns"], kfmt(r["offered_per_s"])]
-        return first + [kfmt(r["received_per_s"]), f'{r["loss_pct"]:.2f}%', ms(lat["p50_ms"]), ms(lat["p99_ms"]),
+        return first + [kfmt(r["received_per_s"]), f'{r["loss_pct"]:.2f}%', ms(lat["p50_ms"]),
+                        ms(lat["p99_ms"]) + p99_range(r),
                         ms(lat["max_ms"]), pct(srv(r, "cpu_pct")), pct(r["gen_cpu_pct"]), keeps]
     if workload == "presence-churn":
         b = r.get("latency_b") or {}
@@ -570,8 +571,9 @@ def charts(out_dir, workload, results):
 
 def repeated_point(env, workload, targets, p, server_env, repeat):
     """Runs one point `repeat` times with the targets interleaved in every
-    round, and keeps each target's median run (by round trips/s). Every run's
-    figures stay in the kept record under `runs`."""
+    round, and keeps each target's median run: by round trips/s for rpc, by
+    p99 for the fixed-rate workloads (fanout, dm). Every run's figures stay
+    in the kept record under `runs`."""
     runs = {t: [] for t in targets}
     for i in range(repeat):
         for target in targets:
@@ -584,7 +586,8 @@ def repeated_point(env, workload, targets, p, server_env, repeat):
             time.sleep(env.args.pause)
     kept = []
     for target, rs in runs.items():
-        ok = sorted((r for r in rs if not r.get("error")), key=lambda r: r["received_per_s"])
+        key = (lambda r: r["received_per_s"]) if workload == "rpc" else (lambda r: r["latency"]["p99_ms"])
+        ok = sorted((r for r in rs if not r.get("error")), key=key)
         if not ok:
             kept.append(rs[-1])
             continue
@@ -595,6 +598,15 @@ def repeated_point(env, workload, targets, p, server_env, repeat):
     if not env.args.no_save:
         save(Path(env.args.out), workload, kept, False)
     return kept
+
+
+def p99_range(r):
+    """` (median of 3: 90–140)` for a fixed-rate record kept from repeated runs."""
+    runs = r.get("runs") or []
+    if len(runs) < 2:
+        return ""
+    v = sorted(x["p99_ms"] for x in runs)
+    return f" (median of {len(v)}: {ms(v[0])}–{ms(v[-1])})"
 
 
 def runs_range(r):
@@ -623,6 +635,16 @@ def sweep(env, workload, targets, param_sets, server_env=None):
     if workload == "rpc" and repeat > 1:
         for p in param_sets:
             results += repeated_point(env, workload, runnable, p, server_env, repeat)
+        return results
+    if workload in ("fanout", "dm") and repeat > 1:
+        for p in param_sets:
+            live = [t for t in runnable if misses[t] < 2]
+            for t in set(runnable) - set(live):
+                log(f"skip {t} at {p.get('rate')}: saturated at two lower rates")
+            for r in repeated_point(env, workload, live, p, server_env, repeat):
+                if not r.get("error"):
+                    misses[r["target"]] = 0 if keeps_up(r) else misses[r["target"]] + 1
+                results.append(r)
         return results
     for p in param_sets:
         for target in runnable:
@@ -923,9 +945,9 @@ def main():
                     help="before each run, wait up to this many seconds for other processes to go quiet")
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between runs")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="rpc: run each point this many times, targets interleaved, and keep each target's median "
-                         "run by round trips/s; the record lists every run (this host's speed drifts by more "
-                         "than the differences being measured)")
+                    help="rpc, fanout, dm: run each point this many times, targets interleaved, and keep each "
+                         "target's median run (rpc by round trips/s, fanout and dm by p99); the record lists every "
+                         "run (this host's speed drifts by more than the differences being measured)")
     args = ap.parse_args()
     if args.profile is None:
         args.profile = "debug" if args.workload == "smoke" else "release"
