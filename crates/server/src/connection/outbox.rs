@@ -184,6 +184,9 @@ impl Drop for Corked<'_> {
     }
 }
 
+/// Bytes a corked outbox gathers before it writes anyway.
+const CORK_FLUSH_BYTES: usize = 32 * 1024;
+
 /// Most frames handed to one vectored write.
 const MAX_IOV: usize = 64;
 
@@ -233,6 +236,12 @@ impl Outbox {
             drop(q);
             self.wake.notify_one();
             return false;
+        }
+        // Corking saves system calls; it must not let answers pile up
+        // against the slow-consumer budget of a client that reads fine.
+        if q.corked && q.bytes >= CORK_FLUSH_BYTES {
+            drop(q);
+            self.write_queued();
         }
         true
     }
@@ -523,5 +532,32 @@ mod tests {
         // Uncorked, a frame goes straight out again.
         assert!(outbox.push(Frame::from("four")));
         assert!(outbox.queue.lock().frames.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_corked_outbox_still_writes_once_it_holds_enough() {
+        let (server, mut client) = pair().await;
+        let outbox = Outbox::new(server, 64 * 1024);
+        outbox.release_with_first(Frame::from("w"));
+        outbox.flush().await.unwrap();
+        let chunk = "z".repeat(4 * 1024);
+        let _corked = outbox.cork();
+        // Far more than the 64 KiB budget, from a client that reads: it is
+        // written as it goes rather than kicked as a slow consumer.
+        let reader = tokio::spawn(async move {
+            let mut sink = vec![0u8; 64 * 1024];
+            let mut total = 0;
+            while total < 3 + 100 * (4 + 4 * 1024) {
+                total += client.read(&mut sink).await.unwrap();
+            }
+        });
+        for _ in 0..100 {
+            assert!(outbox.push(Frame::from(chunk.clone())));
+            tokio::task::yield_now().await;
+        }
+        drop(_corked);
+        outbox.flush().await.unwrap();
+        assert!(outbox.kicked().is_none());
+        reader.await.unwrap();
     }
 }
