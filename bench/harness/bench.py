@@ -425,7 +425,7 @@ def row_for(workload, r):
         keeps = "yes" if keeps_up(r) else "no"
         first = [t, r["conns"], kfmt(r["offered_per_s"])]
         return first + [kfmt(r["received_per_s"]), f'{r["loss_pct"]:.2f}%', ms(lat["p50_ms"]),
-                        ms(lat["p99_ms"]) + p99_range(r),
+                        ms(lat["p99_ms"]) + runs_range(r, "p99_ms", ms),
                         ms(lat["max_ms"]), pct(srv(r, "cpu_pct")), pct(r["gen_cpu_pct"]), keeps]
     if workload == "presence-churn":
         b = r.get("latency_b") or {}
@@ -600,22 +600,15 @@ def repeated_point(env, workload, targets, p, server_env, repeat):
     return kept
 
 
-def p99_range(r):
-    """` (median of 3: 90–140)` for a fixed-rate record kept from repeated runs."""
+def runs_range(r, field="received_per_s", fmt=None):
+    """` (median of 3: 90.1k–105.5k)` for a record kept from repeated runs:
+    the range of `field` (round trips/s by default, or `p99_ms`) over them."""
     runs = r.get("runs") or []
     if len(runs) < 2:
         return ""
-    v = sorted(x["p99_ms"] for x in runs)
-    return f" (median of {len(v)}: {ms(v[0])}–{ms(v[-1])})"
-
-
-def runs_range(r):
-    """` (median of 3: 90.1k–105.5k)` for a record kept from repeated runs."""
-    runs = r.get("runs") or []
-    if len(runs) < 2:
-        return ""
-    v = sorted(x["received_per_s"] for x in runs)
-    return f" (median of {len(v)}: {kfmt(v[0])}–{kfmt(v[-1])})"
+    fmt = fmt or kfmt
+    v = sorted(x[field] for x in runs)
+    return f" (median of {len(v)}: {fmt(v[0])}–{fmt(v[-1])})"
 
 
 def sweep(env, workload, targets, param_sets, server_env=None):

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::scan::{plain_string, skip_value, skip_ws};
+use crate::scan::{plain_json_string, skip_value, skip_ws};
 
 /// Action types starting with this prefix are system events sent by the server.
 /// Clients may not send actions with such a type.
@@ -98,19 +98,19 @@ fn plain_type(text: &str) -> Option<&str> {
             b',' => i = skip_ws(b, i + 1),
             _ => {}
         }
-        let (key, after) = plain_string(b, i)?;
-        i = skip_ws(b, after);
+        let key = plain_json_string(text.get(i..)?)?;
+        i = skip_ws(b, i + key.len());
         if *b.get(i)? != b':' {
             return None;
         }
         i = skip_ws(b, i + 1);
-        if &text[key] == "type" {
+        if key == "\"type\"" {
             if found.is_some() {
                 return None;
             }
-            let (value, after) = plain_string(b, i)?;
-            found = Some(&text[value]);
-            i = skip_ws(b, after);
+            let value = plain_json_string(text.get(i..)?)?;
+            found = Some(&value[1..value.len() - 1]);
+            i = skip_ws(b, i + value.len());
         } else {
             i = skip_ws(b, skip_value(b, i)?);
         }

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use crate::action::{ActionError, ActionRef};
 use crate::codes::ErrorCode;
 use crate::ids::{MessageId, Topic, UserId};
-use crate::scan::skip_ws;
+use crate::scan::{plain_json_string, skip_ws};
 
 /// Names of the client frame kinds.
 pub mod kind {
@@ -290,20 +290,6 @@ fn fill<T: ValueText>(slot: &mut Option<T>, value: T) -> Option<usize> {
     Some(len)
 }
 
-/// The JSON string at the start of `rest` if it has nothing to unescape and
-/// no control characters (so it is certainly valid).
-fn plain_json_string(rest: &str) -> Option<&str> {
-    let b = rest.as_bytes();
-    if *b.first()? != b'"' {
-        return None;
-    }
-    let end = 1 + b
-        .get(1..)?
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-    (b[end] == b'"').then(|| &rest[..=end])
-}
-
 /// `true` or `false` at the start of `rest` (followed by a delimiter, which
 /// the caller checks).
 fn json_bool(rest: &str) -> Option<&str> {
@@ -356,7 +342,8 @@ enum OneOrMany {
 
 /// The contents of a JSON string that needs no unescaping, borrowed from the
 /// frame; `None` for anything else. `raw` is valid JSON, so a string without
-/// a backslash holds no quote or control character to worry about.
+/// a backslash holds no quote or control character to worry about (a
+/// cheaper test than `plain_json_string`, which cannot assume validity).
 fn plain_str(raw: &str) -> Option<&str> {
     let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
     (!inner.contains('\\')).then_some(inner)

@@ -15,18 +15,21 @@ pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// A string at `i` with no escapes: the range of its contents and the index
-/// after its closing quote. (It does not look for control characters.)
-pub(crate) fn plain_string(b: &[u8], i: usize) -> Option<(std::ops::Range<usize>, usize)> {
-    if *b.get(i)? != b'"' {
+/// Whether a byte stands for itself inside a JSON string: not a quote, a
+/// backslash or a control character (which is all serde_json escapes).
+pub(crate) fn needs_no_escape(c: u8) -> bool {
+    c >= 0x20 && c != b'"' && c != b'\\'
+}
+
+/// The JSON string at the start of `rest`, quotes included, if it has
+/// nothing to unescape and no control characters (so it is certainly valid).
+pub(crate) fn plain_json_string(rest: &str) -> Option<&str> {
+    let b = rest.as_bytes();
+    if *b.first()? != b'"' {
         return None;
     }
-    let start = i + 1;
-    let end = start
-        + b.get(start..)?
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\')?;
-    (b[end] == b'"').then_some((start..end, end + 1))
+    let end = 1 + b.get(1..)?.iter().position(|&c| !needs_no_escape(c))?;
+    (b[end] == b'"').then(|| &rest[..=end])
 }
 
 /// The index just after the value starting at `i`, found by following

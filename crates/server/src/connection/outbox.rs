@@ -317,7 +317,7 @@ impl Outbox {
 
     /// Resolves when there is something for the connection task to do.
     pub(crate) async fn wait(&self) {
-        self.wake.notified().await;
+        self.woken().await;
     }
 
     /// The same signal as [`Outbox::wait`] as a future the caller can keep

@@ -289,15 +289,8 @@ async fn on_text(
                         Poll::Pending => in_flight.push(call.into_waiting()),
                     }
                 }
-                Answer::Later(mut answer) => {
-                    // Most handlers answer at once: try before parking the call.
-                    match std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await {
-                        Poll::Ready(frame) => {
-                            outbox.push(frame);
-                        }
-                        Poll::Pending => in_flight.push(answer),
-                    }
-                }
+                // A retry waiting for its first attempt, which is still running.
+                Answer::Later(answer) => in_flight.push(answer),
             }
         }
     }

@@ -16,6 +16,7 @@ use crate::connection::{ClientHandle, Frame};
 /// attempt of a retried request) finishes.
 pub(crate) enum Answer {
     Now(Frame),
+    /// A retry whose first attempt is still running: its outcome, once it ends.
     Later(BoxFuture<'static, Frame>),
     /// A handler call: poll it once before parking it (see handler_call.rs).
     Call(super::HandlerCall),

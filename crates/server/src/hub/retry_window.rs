@@ -82,11 +82,24 @@ struct UserWindow {
     forgotten: usize,
     /// Position of `buffer[0]` in the user's byte stream.
     buffer_start: u64,
-    /// Budgeted bytes of the remembered outcomes.
-    bytes: usize,
+}
+
+/// The hash of each index entry, for the index to rehash when it grows or
+/// shrinks.
+fn hash_of(remembered: &VecDeque<Remembered>, first_seq: u64) -> impl Fn(&u64) -> u64 + '_ {
+    move |&seq| {
+        remembered
+            .get((seq - first_seq) as usize)
+            .map_or(0, |r| r.hash)
+    }
 }
 
 impl UserWindow {
+    /// Budgeted bytes of the remembered outcomes.
+    fn bytes(&self) -> usize {
+        self.buffer.len() - self.forgotten + self.remembered.len() * ENTRY_OVERHEAD
+    }
+
     fn record(&self, seq: u64) -> Option<&Remembered> {
         let at = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
         self.remembered.get(at)
@@ -116,7 +129,7 @@ impl UserWindow {
         Some(Frame::raw(Bytes::copy_from_slice(frame)))
     }
 
-    fn remember(&mut self, now: Instant, hash: u64, id: &MessageId, frame: &Frame, cost: usize) {
+    fn remember(&mut self, now: Instant, hash: u64, id: &MessageId, frame: &Frame) {
         let seq = self.first_seq + self.remembered.len() as u64;
         let start = self.buffer_start + self.buffer.len() as u64;
         self.buffer.extend_from_slice(id.as_str().as_bytes());
@@ -130,13 +143,8 @@ impl UserWindow {
             id_len: id.as_str().len() as u16,
             frame_len: frame.len() as u32,
         });
-        let (remembered, first_seq) = (&self.remembered, self.first_seq);
-        self.index.insert_unique(hash, seq, |&seq| {
-            remembered
-                .get((seq - first_seq) as usize)
-                .map_or(0, |r| r.hash)
-        });
-        self.bytes += cost;
+        self.index
+            .insert_unique(hash, seq, hash_of(&self.remembered, self.first_seq));
     }
 
     /// Forgets the oldest remembered outcome; returns the bytes freed.
@@ -155,9 +163,7 @@ impl UserWindow {
         if self.forgotten * 3 >= self.buffer.len() {
             self.cut_forgotten();
         }
-        let cost = oldest.len() + ENTRY_OVERHEAD;
-        self.bytes -= cost;
-        cost
+        oldest.len() + ENTRY_OVERHEAD
     }
 
     /// Forgets outcomes older than the window; returns the bytes freed.
@@ -177,24 +183,20 @@ impl UserWindow {
         self.running.is_empty() && self.remembered.is_empty()
     }
 
-    /// Gives back memory a burst left behind once the user is quieter.
     fn cut_forgotten(&mut self) {
         self.buffer.drain(..self.forgotten);
         self.buffer_start += self.forgotten as u64;
         self.forgotten = 0;
     }
 
+    /// Gives back memory a burst left behind once the user is quieter.
     fn shrink(&mut self) {
         self.cut_forgotten();
         if self.buffer.capacity() > 4 * self.buffer.len().max(1024) {
             self.buffer.shrink_to(2 * self.buffer.len());
             self.remembered.shrink_to(2 * self.remembered.len());
-            let (remembered, first_seq) = (&self.remembered, self.first_seq);
-            self.index.shrink_to_fit(|&seq| {
-                remembered
-                    .get((seq - first_seq) as usize)
-                    .map_or(0, |r| r.hash)
-            });
+            self.index
+                .shrink_to_fit(hash_of(&self.remembered, self.first_seq));
         }
     }
 }
@@ -333,9 +335,9 @@ impl RetryWindow {
                 freed += w.forget_oldest();
             }
             if remember && total + cost <= self.0.max_bytes_total + freed {
-                w.remember(Instant::now(), hash, id, frame, cost);
+                w.remember(Instant::now(), hash, id, frame);
                 self.0.total_bytes.fetch_add(cost, Ordering::Relaxed);
-                while w.bytes > self.0.max_bytes_per_user {
+                while w.bytes() > self.0.max_bytes_per_user {
                     freed += w.forget_oldest();
                 }
             }
@@ -403,6 +405,14 @@ impl Drop for Ticket {
 mod tests {
     use super::*;
 
+    /// Runs a request the window has not seen and settles it with `frame`.
+    fn settle_new(w: &RetryWindow, user: &UserId, id: &MessageId, frame: &Frame, remember: bool) {
+        let Begin::New(t) = w.begin(user, id) else {
+            panic!("{id:?} is new")
+        };
+        t.settle(frame, remember);
+    }
+
     fn ids(u: &str, m: &str) -> (UserId, MessageId) {
         (UserId::new(u).unwrap(), MessageId::new(m).unwrap())
     }
@@ -411,10 +421,7 @@ mod tests {
     async fn remembered_outcomes_replay_until_the_window_ends() {
         let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
         let (u, m) = ids("u", "m1");
-        let Begin::New(t) = w.begin(&u, &m) else {
-            panic!()
-        };
-        t.settle(&Frame::from("ack"), true);
+        settle_new(&w, &u, &m, &Frame::from("ack"), true);
         assert!(matches!(w.begin(&u, &m), Begin::Replay(f) if f.as_str() == "ack"));
         tokio::time::advance(Duration::from_secs(121)).await;
         assert!(matches!(w.begin(&u, &m), Begin::New(_)));
@@ -424,10 +431,7 @@ mod tests {
     async fn retryable_outcomes_are_forgotten() {
         let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
         let (u, m) = ids("u", "m1");
-        let Begin::New(t) = w.begin(&u, &m) else {
-            panic!()
-        };
-        t.settle(&Frame::from("timeout"), false);
+        settle_new(&w, &u, &m, &Frame::from("timeout"), false);
         assert!(matches!(w.begin(&u, &m), Begin::New(_)));
     }
 
@@ -466,10 +470,7 @@ mod tests {
         let u = UserId::new("u").unwrap();
         for i in 0..10 {
             let m = MessageId::new(format!("m{i}")).unwrap();
-            let Begin::New(t) = w.begin(&u, &m) else {
-                panic!()
-            };
-            t.settle(&Frame::from("12345678"), true);
+            settle_new(&w, &u, &m, &Frame::from("12345678"), true);
         }
         // m0 was pushed out by later outcomes; m9 is still remembered.
         assert!(matches!(
@@ -481,10 +482,7 @@ mod tests {
         };
         drop(t);
         let (v, m) = ids("v", "x");
-        let Begin::New(t) = w.begin(&v, &m) else {
-            panic!()
-        };
-        t.settle(&Frame::from("e"), false);
+        settle_new(&w, &v, &m, &Frame::from("e"), false);
         assert_eq!(w.users(), 1, "user v remembers nothing and is dropped");
     }
 
@@ -496,10 +494,7 @@ mod tests {
             let u = UserId::new(user).unwrap();
             for i in 0..2 {
                 let m = MessageId::new(format!("m{i}")).unwrap();
-                let Begin::New(t) = w.begin(&u, &m) else {
-                    panic!()
-                };
-                t.settle(&Frame::from("12345678"), true);
+                settle_new(&w, &u, &m, &Frame::from("12345678"), true);
             }
         }
         assert!(
@@ -528,10 +523,13 @@ mod tests {
         let u = UserId::new("u").unwrap();
         // Same length, same hash: only the bytes in the buffer differ.
         for (m, frame) in [("m1", "one"), ("m2", "two"), ("m3", "three")] {
-            let Begin::New(t) = w.begin(&u, &MessageId::new(m).unwrap()) else {
-                panic!("{m} is new")
-            };
-            t.settle(&Frame::from(frame), true);
+            settle_new(
+                &w,
+                &u,
+                &MessageId::new(m).unwrap(),
+                &Frame::from(frame),
+                true,
+            );
         }
         for (m, frame) in [("m1", "one"), ("m2", "two"), ("m3", "three")] {
             assert!(
@@ -562,10 +560,7 @@ mod tests {
         let frame_of = |i: usize| format!(r#"{{"n":{i},"pad":"{}"}}"#, "x".repeat(i % 13));
         for i in 0..5_000 {
             let m = MessageId::new(format!("id-{i}")).unwrap();
-            let Begin::New(t) = w.begin(&u, &m) else {
-                panic!("id-{i} is new")
-            };
-            t.settle(&Frame::from(frame_of(i)), true);
+            settle_new(&w, &u, &m, &Frame::from(frame_of(i)), true);
             if i >= 10 {
                 // A recent one replays byte for byte; a long-gone one is new.
                 let recent = MessageId::new(format!("id-{}", i - 5)).unwrap();
@@ -598,16 +593,16 @@ mod tests {
         let u = UserId::new("u").unwrap();
         for i in 0..2_000 {
             let m = MessageId::new(format!("burst-{i}")).unwrap();
-            let Begin::New(t) = w.begin(&u, &m) else {
-                panic!()
-            };
-            t.settle(&Frame::from("a remembered outcome"), true);
+            settle_new(&w, &u, &m, &Frame::from("a remembered outcome"), true);
         }
         tokio::time::advance(Duration::from_secs(5)).await;
-        let Begin::New(t) = w.begin(&u, &MessageId::new("later").unwrap()) else {
-            panic!()
-        };
-        t.settle(&Frame::from("a remembered outcome"), true);
+        settle_new(
+            &w,
+            &u,
+            &MessageId::new("later").unwrap(),
+            &Frame::from("a remembered outcome"),
+            true,
+        );
         tokio::time::advance(Duration::from_secs(6)).await;
         w.sweep();
         let users = w.0.users.get(&u).expect("`later` is still remembered");
