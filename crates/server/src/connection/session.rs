@@ -19,7 +19,7 @@ use super::budget::{TokenBucket, allow};
 use super::reader::{Read, ReadError, read};
 use super::wire::{Incoming, Parser, WireError, encode_pong as ws_pong};
 use super::{ClientHandle, End, Frame, Outbox};
-use crate::hub::{Answer, Hub};
+use crate::hub::{Answer, Caller, Hub};
 
 struct Limits {
     requests: Option<TokenBucket>,
@@ -61,10 +61,10 @@ pub(super) async fn run(
 ) -> End {
     let config = &hub.config;
     let outbox = handle.outbox();
-    let sender = Sender {
+    let mut caller = Caller::new(Sender {
         user: handle.user().clone(),
         client: handle.id().clone(),
-    };
+    });
     let mut parser = Parser::default();
     let mut incoming = Vec::new();
     let mut in_flight = InFlight::default();
@@ -102,7 +102,7 @@ pub(super) async fn run(
             let end = Box::pin(on_message(
                 hub,
                 handle,
-                &sender,
+                &mut caller,
                 &mut limits,
                 &mut in_flight,
                 message,
@@ -154,7 +154,7 @@ pub(super) async fn run(
                 // Several frames in one read: answer them in one write.
                 let _corked = (incoming.len() > 1).then(|| outbox.cork());
                 for message in incoming.drain(..) {
-                    let end = Box::pin(on_message(hub, handle, &sender, &mut limits, &mut in_flight, message)).await;
+                    let end = Box::pin(on_message(hub, handle, &mut caller, &mut limits, &mut in_flight, message)).await;
                     if let Some(end) = end {
                         return end;
                     }
@@ -215,13 +215,13 @@ async fn write_out(outbox: &Outbox, write_timeout: std::time::Duration) -> Resul
 async fn on_message(
     hub: &Arc<Hub>,
     handle: &Arc<ClientHandle>,
-    sender: &Sender,
+    caller: &mut Caller,
     limits: &mut Limits,
     in_flight: &mut InFlight,
     message: Incoming,
 ) -> Option<End> {
     match message {
-        Incoming::Text(text) => on_text(hub, handle, sender, limits, in_flight, &text).await,
+        Incoming::Text(text) => on_text(hub, handle, caller, limits, in_flight, &text).await,
         Incoming::Binary(_) => on_invalid(
             hub,
             handle.outbox(),
@@ -242,7 +242,7 @@ async fn on_message(
 async fn on_text(
     hub: &Arc<Hub>,
     handle: &Arc<ClientHandle>,
-    sender: &Sender,
+    caller: &mut Caller,
     limits: &mut Limits,
     in_flight: &mut InFlight,
     text: &str,
@@ -277,7 +277,7 @@ async fn on_text(
                 outbox.push(rate_limited(hub, request.id()));
                 return None;
             }
-            match hub.handle_request(handle, sender, request).await {
+            match hub.handle_request(handle, caller, request).await {
                 Answer::Now(frame) => {
                     outbox.push(frame);
                 }

@@ -10,10 +10,10 @@ use pubsub_protocol::{ActionRef, ErrorCode, MessageId, Request, Sender, Topic, U
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
-use super::Hub;
 use super::handler_call::HandlerCall;
 use super::requests::Answer;
 use super::retry_window::{Begin, Ticket};
+use super::{Caller, Hub};
 use crate::connection::{ClientHandle, Frame};
 use crate::context::HandlerContext;
 use crate::engine::{EngineError, UserDelivery};
@@ -51,31 +51,36 @@ impl Hub {
     pub(super) async fn handle_messaging(
         self: &Arc<Self>,
         client: &Arc<ClientHandle>,
-        sender: &Sender,
+        caller: &mut Caller,
         request: Request<'_>,
     ) -> Answer {
-        let ticket = match self.retry_window.begin(&sender.user, request.id()) {
-            Begin::New(ticket) => ticket,
-            Begin::Replay(frame) => {
-                self.stats.retries_replayed.fetch_add(1, Ordering::Relaxed);
-                return Answer::Now(frame);
-            }
-            Begin::Wait(first_attempt) => {
-                self.stats.retries_replayed.fetch_add(1, Ordering::Relaxed);
-                let hub = self.clone();
-                let id = request.id().clone();
-                return Answer::Later(Box::pin(async move {
-                    match first_attempt.await {
-                        Ok(frame) => frame,
-                        Err(_) => hub.error_frame(
-                            Some(&id),
-                            ErrorCode::Internal,
-                            "the first attempt with this id was abandoned; retry",
-                        ),
-                    }
-                }));
-            }
-        };
+        let sender = &caller.sender;
+        let ticket =
+            match self
+                .retry_window
+                .begin(&mut caller.retry_slot, &sender.user, request.id())
+            {
+                Begin::New(ticket) => ticket,
+                Begin::Replay(frame) => {
+                    self.stats.retries_replayed.fetch_add(1, Ordering::Relaxed);
+                    return Answer::Now(frame);
+                }
+                Begin::Wait(first_attempt) => {
+                    self.stats.retries_replayed.fetch_add(1, Ordering::Relaxed);
+                    let hub = self.clone();
+                    let id = request.id().clone();
+                    return Answer::Later(Box::pin(async move {
+                        match first_attempt.await {
+                            Ok(frame) => frame,
+                            Err(_) => hub.error_frame(
+                                Some(&id),
+                                ErrorCode::Internal,
+                                "the first attempt with this id was abandoned; retry",
+                            ),
+                        }
+                    }));
+                }
+            };
         let outcome = match request {
             Request::Broadcast { id, action } => self.route_broadcast(sender, &id, &action).await,
             Request::SendToUser { id, to, action } => {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use pubsub_protocol::server_frame::{ErrorParts, write_error};
-use pubsub_protocol::{ClientId, DecodeLimits, ErrorCode, MessageId};
+use pubsub_protocol::{ClientId, DecodeLimits, ErrorCode, MessageId, Sender};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,6 +31,7 @@ pub(crate) use handler_call::HandlerCall;
 pub(crate) use hooks::{HookEvent, HookQueue, run_hooks};
 pub(crate) use requests::Answer;
 pub(crate) use retry_window::RetryWindow;
+use retry_window::UserSlot;
 
 pub(crate) struct Hub {
     pub(crate) config: ServerConfig,
@@ -56,6 +57,22 @@ pub(crate) struct Hub {
     boot: String,
     next_client: AtomicU64,
     next_message: AtomicU64,
+}
+
+/// Who makes the requests of one connection, and what the hub keeps for
+/// that connection from one request to the next.
+pub(crate) struct Caller {
+    pub(crate) sender: Sender,
+    retry_slot: UserSlot,
+}
+
+impl Caller {
+    pub(crate) fn new(sender: Sender) -> Self {
+        Self {
+            sender,
+            retry_slot: UserSlot::default(),
+        }
+    }
 }
 
 pub(crate) struct HubParts {

@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 
 use futures_util::future::BoxFuture;
 use pubsub_protocol::server_frame::write_ack;
-use pubsub_protocol::{MessageId, Request, Sender};
+use pubsub_protocol::{MessageId, Request};
 use serde::Serialize;
 
-use super::Hub;
+use super::{Caller, Hub};
 use crate::connection::{ClientHandle, Frame};
 
 /// The answer to a request: ready now, or once a handler (or the first
@@ -27,7 +27,7 @@ impl Hub {
     pub(crate) async fn handle_request(
         self: &Arc<Self>,
         client: &Arc<ClientHandle>,
-        sender: &Sender,
+        caller: &mut Caller,
         request: Request<'_>,
     ) -> Answer {
         let counters = &self.stats.messages_in;
@@ -51,7 +51,7 @@ impl Hub {
             }
             Request::Watch { id, users } => Answer::Now(self.watch(client, &id, &users).await),
             Request::Unwatch { id, users } => Answer::Now(self.unwatch(client, &id, &users).await),
-            messaging => self.handle_messaging(client, sender, messaging).await,
+            messaging => self.handle_messaging(client, caller, messaging).await,
         }
     }
 

@@ -20,6 +20,13 @@
 //! per-outcome allocation to free, no id to rehash, no reference count to
 //! drop. Forgotten bytes at the buffer's front are cut off in one move once
 //! they are a third of it.
+//!
+//! Each user's outcomes sit behind a mutex of their own, which the node's map
+//! hands out once per connection ([`UserSlot`]) and once per request (the
+//! [`Ticket`]): a request then costs no map lookup to begin or to settle.
+//! A user's entry leaves the map only when it holds nothing; it is marked
+//! `detached` as it leaves, so a connection still holding it looks it up
+//! again instead of remembering into a window no one else sees.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -30,6 +37,7 @@ use ahash::RandomState;
 use bytes::Bytes;
 use dashmap::DashMap;
 use hashbrown::HashTable;
+use parking_lot::{Mutex, RawMutex, lock_api::ArcMutexGuard};
 use pubsub_protocol::{MessageId, UserId};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -40,6 +48,10 @@ use crate::connection::Frame;
 /// slot, the buffer's forgotten front), counted against the byte budgets so
 /// they are close to what outcomes really cost.
 const ENTRY_OVERHEAD: usize = 64;
+
+/// Stale index slots (of forgotten outcomes) a user's index may hold beyond
+/// one per remembered outcome before they are swept out.
+const STALE_SLACK: usize = 16;
 
 /// One remembered outcome; its id and frame bytes are in the user's buffer.
 struct Remembered {
@@ -82,14 +94,26 @@ struct UserWindow {
     forgotten: usize,
     /// Position of `buffer[0]` in the user's byte stream.
     buffer_start: u64,
+    /// Set when the window left the node's map (it was empty): a holder of
+    /// the old slot must look the user up again.
+    detached: bool,
 }
 
+type Shared = Arc<Mutex<UserWindow>>;
+type Locked = ArcMutexGuard<RawMutex, UserWindow>;
+
+/// A connection's handle on its user's window, found on its first request
+/// and kept for the next ones.
+#[derive(Default)]
+pub(crate) struct UserSlot(Option<Shared>);
+
 /// The hash of each index entry, for the index to rehash when it grows or
-/// shrinks.
+/// shrinks. A stale slot (its outcome forgotten) has no hash left; it goes
+/// anywhere, since it never matches and the next sweep drops it.
 fn hash_of(remembered: &VecDeque<Remembered>, first_seq: u64) -> impl Fn(&u64) -> u64 + '_ {
     move |&seq| {
-        remembered
-            .get((seq - first_seq) as usize)
+        seq.checked_sub(first_seq)
+            .and_then(|at| remembered.get(usize::try_from(at).ok()?))
             .map_or(0, |r| r.hash)
     }
 }
@@ -152,10 +176,14 @@ impl UserWindow {
         let Some(oldest) = self.remembered.pop_front() else {
             return 0;
         };
-        let seq = self.first_seq;
+        // Its index slot is left behind: a slot is only ever taken for a
+        // match after its record is checked (`find`), and a forgotten
+        // sequence number has no record. Looking the slot up would cost a
+        // cache miss per request at a steady rate; instead the index is
+        // swept in one sequential pass once half of it is stale.
         self.first_seq += 1;
-        if let Ok(slot) = self.index.find_entry(oldest.hash, |&s| s == seq) {
-            slot.remove();
+        if self.index.len() > 2 * self.remembered.len() + STALE_SLACK {
+            self.drop_stale_index_slots();
         }
         // Outcomes leave in the order they came, so the oldest one's bytes
         // are the first still in the buffer.
@@ -164,6 +192,11 @@ impl UserWindow {
             self.cut_forgotten();
         }
         oldest.len() + ENTRY_OVERHEAD
+    }
+
+    fn drop_stale_index_slots(&mut self) {
+        let first_seq = self.first_seq;
+        self.index.retain(|&mut seq| seq >= first_seq);
     }
 
     /// Forgets outcomes older than the window; returns the bytes freed.
@@ -192,6 +225,7 @@ impl UserWindow {
     /// Gives back memory a burst left behind once the user is quieter.
     fn shrink(&mut self) {
         self.cut_forgotten();
+        self.drop_stale_index_slots();
         if self.buffer.capacity() > 4 * self.buffer.len().max(1024) {
             self.buffer.shrink_to(2 * self.buffer.len());
             self.remembered.shrink_to(2 * self.remembered.len());
@@ -220,7 +254,7 @@ impl IdHasher {
 }
 
 struct Inner {
-    users: DashMap<UserId, UserWindow, RandomState>,
+    users: DashMap<UserId, Shared, RandomState>,
     hasher: IdHasher,
     window: Duration,
     max_bytes_per_user: usize,
@@ -276,13 +310,37 @@ impl RetryWindow {
         }
     }
 
-    pub(crate) fn begin(&self, user: &UserId, id: &MessageId) -> Begin {
+    /// Locks `user`'s window, through `slot` when it already holds it.
+    /// The map's lock is never taken while a window is locked.
+    fn lock_user(&self, slot: &mut UserSlot, user: &UserId) -> Locked {
+        if let Some(shared) = &slot.0 {
+            let w = shared.lock_arc();
+            if !w.detached {
+                return w;
+            }
+        }
+        let shared = match self.0.users.get(user) {
+            Some(shared) => shared.clone(),
+            None => self.0.users.entry(user.clone()).or_default().clone(),
+        };
+        let w = shared.lock_arc();
+        slot.0 = Some(shared);
+        w
+    }
+
+    /// Removes `user`'s entry if its window holds nothing.
+    fn remove_if_empty(&self, user: &UserId) {
+        self.0.users.remove_if(user, |_, shared| {
+            let mut w = shared.lock();
+            w.detached = w.is_empty();
+            w.detached
+        });
+    }
+
+    pub(crate) fn begin(&self, slot: &mut UserSlot, user: &UserId, id: &MessageId) -> Begin {
         let now = Instant::now();
         let hash = self.0.hasher.hash(id);
-        let mut w = match self.0.users.get_mut(user) {
-            Some(w) => w,
-            None => self.0.users.entry(user.clone()).or_default(),
-        };
+        let mut w = self.lock_user(slot, user);
         let freed = w.expire(now, self.0.window);
         self.freed(freed);
         if let Some(frame) = w.find(hash, id.as_str()).and_then(|seq| w.frame(seq)) {
@@ -304,6 +362,7 @@ impl RetryWindow {
         );
         Begin::New(Ticket {
             window: self.clone(),
+            user_window: Locked::mutex(&w).clone(),
             user: user.clone(),
             id: id.clone(),
             hash,
@@ -313,9 +372,8 @@ impl RetryWindow {
 
     fn settle(&self, ticket: &Ticket, outcome: Option<(&Frame, bool)>) {
         let (user, id, hash) = (&ticket.user, &ticket.id, ticket.hash);
-        let Some(mut w) = self.0.users.get_mut(user) else {
-            return;
-        };
+        // A window with a request running is never detached.
+        let mut w = ticket.user_window.lock();
         let waiters = match w.running.find_entry(hash, |r| r.id == *id) {
             Ok(running) => running.remove().0.waiters,
             Err(_) => Vec::new(),
@@ -346,7 +404,7 @@ impl RetryWindow {
         let empty = w.is_empty();
         drop(w);
         if empty {
-            self.0.users.remove_if(user, |_, w| w.is_empty());
+            self.remove_if_empty(user);
         }
     }
 
@@ -355,10 +413,12 @@ impl RetryWindow {
         let now = Instant::now();
         let window = self.0.window;
         let mut freed = 0;
-        self.0.users.retain(|_, w| {
+        self.0.users.retain(|_, shared| {
+            let mut w = shared.lock();
             freed += w.expire(now, window);
             w.shrink();
-            !w.is_empty()
+            w.detached = w.is_empty();
+            !w.detached
         });
         self.freed(freed);
     }
@@ -379,6 +439,7 @@ impl RetryWindow {
 /// (waiters see their channel close), so an abandoned attempt can be retried.
 pub(crate) struct Ticket {
     window: RetryWindow,
+    user_window: Shared,
     user: UserId,
     id: MessageId,
     hash: u64,
@@ -405,9 +466,14 @@ impl Drop for Ticket {
 mod tests {
     use super::*;
 
+    /// Begins a request as a connection making its first one would.
+    fn begin(w: &RetryWindow, user: &UserId, id: &MessageId) -> Begin {
+        w.begin(&mut UserSlot::default(), user, id)
+    }
+
     /// Runs a request the window has not seen and settles it with `frame`.
     fn settle_new(w: &RetryWindow, user: &UserId, id: &MessageId, frame: &Frame, remember: bool) {
-        let Begin::New(t) = w.begin(user, id) else {
+        let Begin::New(t) = begin(w, user, id) else {
             panic!("{id:?} is new")
         };
         t.settle(frame, remember);
@@ -422,9 +488,55 @@ mod tests {
         let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
         let (u, m) = ids("u", "m1");
         settle_new(&w, &u, &m, &Frame::from("ack"), true);
-        assert!(matches!(w.begin(&u, &m), Begin::Replay(f) if f.as_str() == "ack"));
+        assert!(matches!(begin(&w, &u, &m), Begin::Replay(f) if f.as_str() == "ack"));
         tokio::time::advance(Duration::from_secs(121)).await;
-        assert!(matches!(w.begin(&u, &m), Begin::New(_)));
+        assert!(matches!(begin(&w, &u, &m), Begin::New(_)));
+    }
+
+    #[tokio::test]
+    async fn a_users_connections_share_one_window() {
+        let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
+        let (u, m) = ids("u", "m1");
+        let (mut tab_a, mut tab_b) = (UserSlot::default(), UserSlot::default());
+        let Begin::New(t) = w.begin(&mut tab_a, &u, &m) else {
+            panic!()
+        };
+        t.settle(&Frame::from("ack"), true);
+        assert!(matches!(w.begin(&mut tab_b, &u, &m), Begin::Replay(f) if f.as_str() == "ack"));
+        // Both slots now hold the user's window; later outcomes show in both.
+        let m2 = MessageId::new("m2").unwrap();
+        let Begin::New(t) = w.begin(&mut tab_b, &u, &m2) else {
+            panic!()
+        };
+        t.settle(&Frame::from("ack2"), true);
+        assert!(matches!(w.begin(&mut tab_a, &u, &m2), Begin::Replay(f) if f.as_str() == "ack2"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_whose_window_left_the_map_finds_the_new_one() {
+        let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
+        let u = UserId::new("u").unwrap();
+        let mut held = UserSlot::default();
+        // A retryable outcome leaves the window empty: it leaves the map.
+        let Begin::New(t) = w.begin(&mut held, &u, &MessageId::new("e").unwrap()) else {
+            panic!()
+        };
+        t.settle(&Frame::from("retry me"), false);
+        assert_eq!(w.users(), 0);
+        let m1 = MessageId::new("m1").unwrap();
+        settle_new(&w, &u, &m1, &Frame::from("one"), true);
+        assert!(
+            matches!(w.begin(&mut held, &u, &m1), Begin::Replay(f) if f.as_str() == "one"),
+            "the held slot must not keep using the window that left"
+        );
+        // The same after expiry: the sweep takes the emptied window out.
+        tokio::time::advance(Duration::from_secs(121)).await;
+        w.sweep();
+        assert_eq!(w.users(), 0);
+        let m2 = MessageId::new("m2").unwrap();
+        settle_new(&w, &u, &m2, &Frame::from("two"), true);
+        assert!(matches!(w.begin(&mut held, &u, &m2), Begin::Replay(f) if f.as_str() == "two"));
+        assert_eq!(w.users(), 1);
     }
 
     #[tokio::test]
@@ -432,17 +544,17 @@ mod tests {
         let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
         let (u, m) = ids("u", "m1");
         settle_new(&w, &u, &m, &Frame::from("timeout"), false);
-        assert!(matches!(w.begin(&u, &m), Begin::New(_)));
+        assert!(matches!(begin(&w, &u, &m), Begin::New(_)));
     }
 
     #[tokio::test]
     async fn a_retry_in_flight_waits_for_the_first_outcome() {
         let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
         let (u, m) = ids("u", "m1");
-        let Begin::New(t) = w.begin(&u, &m) else {
+        let Begin::New(t) = begin(&w, &u, &m) else {
             panic!()
         };
-        let Begin::Wait(rx) = w.begin(&u, &m) else {
+        let Begin::Wait(rx) = begin(&w, &u, &m) else {
             panic!()
         };
         t.settle(&Frame::from("resp"), true);
@@ -453,15 +565,15 @@ mod tests {
     async fn abandoned_attempts_release_waiters_and_the_id() {
         let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
         let (u, m) = ids("u", "m1");
-        let Begin::New(t) = w.begin(&u, &m) else {
+        let Begin::New(t) = begin(&w, &u, &m) else {
             panic!()
         };
-        let Begin::Wait(rx) = w.begin(&u, &m) else {
+        let Begin::Wait(rx) = begin(&w, &u, &m) else {
             panic!()
         };
         drop(t);
         assert!(rx.await.is_err());
-        assert!(matches!(w.begin(&u, &m), Begin::New(_)));
+        assert!(matches!(begin(&w, &u, &m), Begin::New(_)));
     }
 
     #[tokio::test]
@@ -474,10 +586,10 @@ mod tests {
         }
         // m0 was pushed out by later outcomes; m9 is still remembered.
         assert!(matches!(
-            w.begin(&u, &MessageId::new("m9").unwrap()),
+            begin(&w, &u, &MessageId::new("m9").unwrap()),
             Begin::Replay(_)
         ));
-        let Begin::New(t) = w.begin(&u, &MessageId::new("m0").unwrap()) else {
+        let Begin::New(t) = begin(&w, &u, &MessageId::new("m0").unwrap()) else {
             panic!()
         };
         drop(t);
@@ -504,7 +616,11 @@ mod tests {
         );
         // c made room from its own oldest; a's and b's outcomes are intact.
         assert!(matches!(
-            w.begin(&UserId::new("a").unwrap(), &MessageId::new("m1").unwrap()),
+            begin(
+                &w,
+                &UserId::new("a").unwrap(),
+                &MessageId::new("m1").unwrap()
+            ),
             Begin::Replay(_)
         ));
         tokio::time::advance(Duration::from_secs(121)).await;
@@ -533,16 +649,16 @@ mod tests {
         }
         for (m, frame) in [("m1", "one"), ("m2", "two"), ("m3", "three")] {
             assert!(
-                matches!(w.begin(&u, &MessageId::new(m).unwrap()), Begin::Replay(f) if f.as_str() == frame),
+                matches!(begin(&w, &u, &MessageId::new(m).unwrap()), Begin::Replay(f) if f.as_str() == frame),
                 "{m}"
             );
         }
         // Running requests with colliding hashes are told apart as well.
-        let Begin::New(_a) = w.begin(&u, &MessageId::new("r1").unwrap()) else {
+        let Begin::New(_a) = begin(&w, &u, &MessageId::new("r1").unwrap()) else {
             panic!()
         };
         assert!(matches!(
-            w.begin(&u, &MessageId::new("r2").unwrap()),
+            begin(&w, &u, &MessageId::new("r2").unwrap()),
             Begin::New(_)
         ));
     }
@@ -564,13 +680,13 @@ mod tests {
             if i >= 10 {
                 // A recent one replays byte for byte; a long-gone one is new.
                 let recent = MessageId::new(format!("id-{}", i - 5)).unwrap();
-                let Begin::Replay(f) = w.begin(&u, &recent) else {
+                let Begin::Replay(f) = begin(&w, &u, &recent) else {
                     panic!("id-{} is remembered", i - 5)
                 };
                 assert_eq!(f, Frame::from(frame_of(i - 5)));
                 if i >= 100 {
                     let gone = MessageId::new(format!("id-{}", i - 100)).unwrap();
-                    let Begin::New(t) = w.begin(&u, &gone) else {
+                    let Begin::New(t) = begin(&w, &u, &gone) else {
                         panic!("id-{} is forgotten", i - 100)
                     };
                     // Abandoned: it must not take a place in the window.
@@ -579,12 +695,50 @@ mod tests {
             }
         }
         assert!(w.total_bytes() <= 20 * (ENTRY_OVERHEAD + 30));
-        let remembered = w.0.users.get(&u).map(|w| w.remembered.len());
+        let index = w.0.users.get(&u).map(|w| {
+            let w = w.lock();
+            (w.index.len(), w.remembered.len())
+        });
+        assert!(
+            index.is_some_and(|(slots, live)| slots <= 2 * live + STALE_SLACK + 1),
+            "stale index slots are swept out: {index:?}"
+        );
+        let remembered = w.0.users.get(&u).map(|w| w.lock().remembered.len());
         assert!(
             remembered.is_some_and(|n| (10..=20).contains(&n)),
             "{remembered:?} outcomes in {} bytes",
             w.total_bytes()
         );
+    }
+
+    #[tokio::test]
+    async fn forgotten_ids_stay_forgotten_when_every_id_collides() {
+        // Every index slot, live or stale, has the same hash: only the
+        // records tell a forgotten id from a remembered one.
+        let w = RetryWindow::with_hasher(
+            IdHasher::Constant,
+            Duration::from_secs(120),
+            8 * (ENTRY_OVERHEAD + 12),
+            1 << 30,
+        );
+        let u = UserId::new("u").unwrap();
+        for i in 0..500 {
+            let m = MessageId::new(format!("c{i:03}")).unwrap();
+            settle_new(&w, &u, &m, &Frame::from(format!("r{i:03}")), true);
+        }
+        let kept = w.0.users.get(&u).map_or(0, |w| w.lock().remembered.len());
+        assert!((6..=8).contains(&kept), "{kept} outcomes kept");
+        for i in 0..500 {
+            let m = MessageId::new(format!("c{i:03}")).unwrap();
+            match begin(&w, &u, &m) {
+                Begin::Replay(f) => {
+                    assert!(i >= 500 - kept, "c{i:03} was forgotten");
+                    assert_eq!(f, Frame::from(format!("r{i:03}")));
+                }
+                Begin::New(_) => assert!(i < 500 - kept, "c{i:03} is remembered"),
+                Begin::Wait(_) => panic!("nothing is running"),
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -605,7 +759,8 @@ mod tests {
         );
         tokio::time::advance(Duration::from_secs(6)).await;
         w.sweep();
-        let users = w.0.users.get(&u).expect("`later` is still remembered");
+        let shared = w.0.users.get(&u).expect("`later` is still remembered");
+        let users = shared.lock();
         assert_eq!(users.remembered.len(), 1);
         assert!(
             users.buffer.capacity() <= 4096,
