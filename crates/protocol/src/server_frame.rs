@@ -180,7 +180,7 @@ pub fn write_topic_message(
 /// escaping (ids and names almost never do), otherwise through serde_json,
 /// which escapes `"`, `\` and control characters and nothing else.
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(crate::scan::needs_no_escape) {
+    if crate::scan::first_escape(s.as_bytes()).is_none() {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
