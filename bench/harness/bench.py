@@ -6,7 +6,15 @@ as JSON and renders SVG charts. Standard library only.
 Targets: pubsub (this repo), echo (bare tokio-tungstenite echo, 4 KiB read
 buffer), echo128k (same, tungstenite's default 128 KiB read buffer), ws (node
 `ws`), socketio (socket.io), nats (nats-server WebSocket), centrifuge
-(Centrifuge 0.15). Peers that cannot be installed are skipped with a message.
+(Centrifuge 0.15), sockudo (Pusher-protocol server, Rust; rpc is a client event
+relayed to a paired connection), sockudo-ping (the same server, rpc as
+pusher:ping answered by pusher:pong). Peers that cannot be installed are
+skipped with a message.
+
+sockudo is built from crates.io (`cargo install sockudo`, with apt's
+protobuf-compiler) into bench/.build/sockudo, which takes about 15 minutes on
+2 cores. So it is built only when named in --targets; a run without --targets
+(`bench/run all` too) includes it only once it is built.
 """
 
 import argparse
@@ -30,16 +38,50 @@ PEERS = BENCH / "peers"
 BUILD = BENCH / ".build"  # peer build outputs (gitignored)
 
 ALL_TARGETS = ["pubsub", "echo", "ws", "socketio", "nats", "centrifuge"]
-# What each target can run.
+# What each target can run. sockudo has no dm: Pusher's user channels take
+# events from the HTTP API only (see bench/loadgen/src/work.rs).
 SUPPORTS = {
-    "rpc": {"pubsub", "echo", "echo-mt", "ws", "socketio", "nats", "centrifuge"},
-    "idle": {"pubsub", "echo", "echo128k", "ws", "socketio", "nats", "centrifuge"},
-    "fanout": {"pubsub", "ws", "socketio", "nats", "centrifuge"},
+    "rpc": {"pubsub", "echo", "echo-mt", "ws", "socketio", "nats", "centrifuge", "sockudo", "sockudo-ping"},
+    "idle": {"pubsub", "echo", "echo128k", "ws", "socketio", "nats", "centrifuge", "sockudo"},
+    "fanout": {"pubsub", "ws", "socketio", "nats", "centrifuge", "sockudo"},
     "dm": {"pubsub", "ws", "socketio", "nats", "centrifuge"},
     "presence-churn": {"pubsub"},
     "slow-consumer": {"pubsub"},
 }
-GEN_TARGET = {"echo128k": "echo", "echo-mt": "echo"}
+GEN_TARGET = {"echo128k": "echo", "echo-mt": "echo", "sockudo-ping": "sockudo"}
+GEN_ARGS = {"sockudo-ping": ["--rpc-kind", "ping"]}
+
+SOCKUDO_VERSION = "5.2.0"
+# sockudo's whole configuration, as environment variables (it reads no file
+# unless given one, and runs in a fresh temporary directory, so no stray
+# config/config.toml is picked up). Key and secret must match
+# bench/loadgen/src/pusher.rs; the port is added at start.
+SOCKUDO_ENV = {
+    "HOST": "0.0.0.0",
+    "SOCKUDO_DEFAULT_APP_ID": "bench",
+    "SOCKUDO_DEFAULT_APP_KEY": "bench-key",
+    "SOCKUDO_DEFAULT_APP_SECRET": "bench-secret",
+    # The default app allows 100 connections; idle goes to 19,000.
+    "SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS": "100000",
+    # Client events (client-* on private channels) carry rpc and fan-out.
+    "SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES": "true",
+    # 0: no per-connection client-event limiter (default 100/s), as PubSub
+    # runs with PUBSUB_SERVER__MAX_REQUESTS_PER_SEC=0.
+    "SOCKUDO_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SECOND": "0",
+    # The connection rate limiter allows 20 upgrades a minute per address.
+    "RATE_LIMITER_ENABLED": "false",
+    # No Prometheus endpoint (it would bind port 9601), no Redis: local
+    # adapter, in-memory cache and app manager, no queue (webhooks only).
+    "METRICS_ENABLED": "false",
+    "SOCKUDO_OTEL_ENABLED": "false",
+    "ADAPTER_DRIVER": "local",
+    "CACHE_DRIVER": "memory",
+    "APP_MANAGER_DRIVER": "memory",
+    "QUEUE_DRIVER": "none",
+    "RUST_LOG": "warn",
+    # It waits 10 s for connections to go at SIGTERM; each run starts afresh.
+    "SHUTDOWN_GRACE_PERIOD": "1",
+}
 
 
 def log(msg):
@@ -126,6 +168,8 @@ class Env:
                 self._ensure_nats()
             elif target == "centrifuge":
                 self._ensure_centrifuge()
+            elif target in ("sockudo", "sockudo-ping"):
+                self._ensure_sockudo()
             return True
         except Exception as e:  # noqa: BLE001
             self.skipped[target] = str(e)
@@ -184,6 +228,41 @@ class Env:
         log("$ go build (Centrifuge 0.15 peer, GO111MODULE=off)")
         subprocess.run(["go", "build", "-o", str(out), "."], cwd=pkg, env=env, check=True)
 
+    def sockudo_bin(self):
+        return BUILD / "sockudo" / "bin" / "sockudo"
+
+    def _ensure_sockudo(self):
+        if self.sockudo_bin().exists():
+            return
+        if not shutil.which("cargo"):
+            raise RuntimeError("cargo is not installed")
+        if not shutil.which("protoc"):
+            self._apt("protobuf-compiler")
+        # Its build directory stays out of the repository's target/ (and out
+        # of the repository: several GiB), and goes once the binary is in.
+        build_dir = Path(tempfile.gettempdir()) / "sockudo-build"
+        logf = BUILD / "sockudo-install.log"
+        BUILD.mkdir(parents=True, exist_ok=True)
+        cmd = ["cargo", "install", "sockudo", "--version", SOCKUDO_VERSION, "--locked",
+               "--root", str(BUILD / "sockudo")]
+        log(f"$ {' '.join(cmd)}   (CARGO_TARGET_DIR={build_dir}; about 15 minutes on 2 cores; log: {logf})")
+        t = time.time()
+        with open(logf, "w") as f:
+            r = subprocess.run(cmd, env=dict(os.environ, CARGO_TARGET_DIR=str(build_dir)), stdout=f,
+                               stderr=subprocess.STDOUT)
+        if r.returncode != 0 or not self.sockudo_bin().exists():
+            lines = [ln for ln in logf.read_text(errors="replace").splitlines() if ln.strip()]
+            why = next((ln for ln in reversed(lines) if ln.lstrip().startswith("error")), lines[-1] if lines else "")
+            raise RuntimeError(f"cargo install sockudo failed ({why.strip()[:200]}; see {logf})")
+        log(f"built sockudo in {time.time() - t:.0f}s")
+        shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def with_built_optional(env, targets, extra=("sockudo",)):
+    """A default target list, plus sockudo once it is built: its build takes
+    15 minutes, so only naming it in --targets starts one."""
+    return targets + (list(extra) if env.sockudo_bin().exists() else [])
+
 
 # ---------------------------------------------------------------- servers
 
@@ -218,6 +297,7 @@ class Server:
         self.logf = open(os.path.join(self.tmp, "server.log"), "w")
         penv = dict(os.environ)
         cmd = None
+        cwd = None
         if target == "pubsub":
             cmd = [str(env.bin_dir / "pubsub"), "serve", "--auth", "dev", "--handler", "echo",
                    "--port", str(self.port), "--log", "warn"]
@@ -244,10 +324,15 @@ class Server:
             cmd = ["nats-server", "-c", cpath]
         elif target == "centrifuge":
             cmd = [str(env.centrifuge_bin()), "-addr", f"0.0.0.0:{self.port}"]
+        elif target in ("sockudo", "sockudo-ping"):
+            cmd = [str(env.sockudo_bin())]
+            penv.update(SOCKUDO_ENV)
+            penv["PORT"] = str(self.port)
+            cwd = self.tmp
         else:
             raise ValueError(target)
         self.proc = subprocess.Popen(env.pin(env.server_core, cmd), stdout=self.logf, stderr=subprocess.STDOUT,
-                                     env=penv, start_new_session=True)
+                                     env=penv, cwd=cwd, start_new_session=True)
         deadline = time.time() + 30
         while not port_open(self.port):
             if self.proc.poll() is not None:
@@ -313,6 +398,14 @@ def server_build(env):
         return "unknown"
 
 
+def sockudo_version(env):
+    try:
+        return subprocess.run([str(env.sockudo_bin()), "--version"], capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
 def run_one(env, workload, target, params, server_env=None):
     """Starts the server, runs the generator, returns the result dict (or an error dict)."""
     bg = wait_quiet(env.args.wait_quiet) if env.args.wait_quiet else background_cpu()
@@ -330,7 +423,7 @@ def run_one(env, workload, target, params, server_env=None):
                 "sweep": params}
     try:
         gargs = gen_args(workload, params) + ["--target", GEN_TARGET.get(target, target), "--port", str(srv.port),
-                                               "--server-pid", str(srv.pid)]
+                                               "--server-pid", str(srv.pid)] + GEN_ARGS.get(target, [])
         cmd = env.pin(env.gen_core, [str(env.bin_dir / "pubsub-bench")] + gargs)
         perf = None
         if env.args.perf:
@@ -362,6 +455,8 @@ def run_one(env, workload, target, params, server_env=None):
     res["target"] = target
     if target == "pubsub":
         res["server_build"] = server_build(env)
+    elif target.startswith("sockudo"):
+        res["server_build"] = sockudo_version(env)
     res["load_avg_before"] = load
     res["background_cpu_pct_before"] = bg
     res["load_avg_after"] = load_avg()
@@ -668,18 +763,18 @@ def do_workload(env, args, workload, quiet=False):
     targets = csv(args.targets, str) if args.targets else None
     server_env = dict(kv.split("=", 1) for kv in (args.server_env or []))
     if workload == "rpc":
-        targets = targets or ALL_TARGETS
+        targets = targets or with_built_optional(env, ALL_TARGETS, ("sockudo", "sockudo-ping"))
         ps = [{"conns": int(c), "duration": d, "inflight": args.inflight, "rate": args.rate or None}
               for c in csv(args.conns or "100,2000", int)]
         if args.rpc_kind:
             for p in ps:
                 p["rpc-kind"] = args.rpc_kind
     elif workload == "idle":
-        targets = targets or ALL_TARGETS + ["echo128k"]
+        targets = targets or with_built_optional(env, ALL_TARGETS + ["echo128k"])
         ps = [{"conns": int(c), "tabs": 3, "idle": args.idle, "duration": 0.1, "warmup": 0, "drain": 0}
               for c in csv(args.conns or "1000,10000,19000", int)]
     elif workload == "fanout":
-        targets = targets or ["pubsub", "nats", "ws", "socketio", "centrifuge"]
+        targets = targets or with_built_optional(env, ["pubsub", "nats", "ws", "socketio", "centrifuge"])
         ps = [{"subs": args.subs or 10000, "rate": r, "duration": d, "pad": args.pad or None,
                "broadcast": args.broadcast}
               for r in csv(args.rate or "100000,200000,400000,600000,800000,1000000,1200000,1500000,2000000,2500000")]
@@ -729,7 +824,7 @@ def targets_report(data, ours_label="pubsub"):
     """The issue's targets, each with met/missed and by how much."""
     out = ["| target (issue 6) | measured | verdict |", "|---|---|---|"]
     rpc = data.get("rpc", [])
-    peers = ("ws", "socketio", "nats", "centrifuge")
+    peers = ("ws", "socketio", "nats", "centrifuge", "sockudo")
     for conns, rate_goal, p99_goal in ((100, 200e3, 1.0), (2000, 180e3, 20.0)):
         rs = [r for r in rpc if r["params"]["rpc"]["conns"] == conns and not r.get("error") and not r["sweep"].get("rate")]
         ours = next((r for r in rs if r["target"] == ours_label), None)
@@ -904,7 +999,10 @@ def main():
     ap = argparse.ArgumentParser(prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workload", choices=["rpc", "idle", "fanout", "dm", "presence-churn", "slow-consumer", "all", "smoke",
                                         "report"])
-    ap.add_argument("--targets", help="comma-separated: pubsub,echo,echo128k,ws,socketio,nats,centrifuge")
+    ap.add_argument("--targets", help="comma-separated: pubsub,echo,echo128k,ws,socketio,nats,centrifuge,sockudo,"
+                                      "sockudo-ping "
+                                      "[every one the workload supports; sockudo only once built: naming it here "
+                                      "builds it, about 15 minutes]")
     ap.add_argument("--conns", help="rpc/idle: comma-separated connection counts")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     ap.add_argument("--inflight", type=int, default=1)

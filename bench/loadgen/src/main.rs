@@ -12,6 +12,7 @@
 //! its connections are set up, waits for `GO <go_at> <start> <end> <drain_end>
 //! <split>` (µs since the epoch), runs, then prints `RESULT {json}`.
 
+mod pusher;
 mod stats;
 mod target;
 mod work;
@@ -102,7 +103,9 @@ pub enum Workload {
         rate: f64,
         /// PubSub only, for diagnosis: `self-send` replaces sendToServer with a
         /// sendToUser to the connection's own user (answered without the
-        /// handler path; the delivered message is the "answer").
+        /// handler path; the delivered message is the "answer"). sockudo
+        /// only: `ping`, pusher:ping answered by pusher:pong, instead of a
+        /// client event to the paired connection.
         #[arg(long, default_value = "handler")]
         rpc_kind: String,
     },

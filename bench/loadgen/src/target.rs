@@ -4,6 +4,7 @@
 //! Every message carries `"t":<16-digit µs timestamp>`; the receive path only
 //! looks for that (stats::scan_deliveries), whatever the framing around it.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use clap::ValueEnum;
 use serde::Serialize;
 use tokio::net::TcpStream;
 
+use crate::pusher;
 use crate::stats;
 use crate::ws::{
     self, Endpoint, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, ReadOutcome, Reader, Template,
@@ -30,6 +32,8 @@ pub enum Target {
     Nats,
     /// bench/peers/centrifuge (Centrifuge 0.15, JSON protocol).
     Centrifuge,
+    /// sockudo (Pusher protocol 7): private channels, client events.
+    Sockudo,
     /// The bare tokio-tungstenite echo server (`echo-floor`).
     Echo,
 }
@@ -60,6 +64,13 @@ pub struct Session {
     pub closed: bool,
 }
 
+/// A client's `pusher:ping`; sockudo answers it with `pusher:pong` (rpc
+/// `--rpc-kind ping`).
+pub const SOCKUDO_PING: &str = r#"{"event":"pusher:ping","data":{}}"#;
+
+/// `{"event":"pusher:pong","data":{}}` in a masked text frame (zero key).
+const SOCKUDO_PONG: &[u8] = b"\x81\xa1\0\0\0\0{\"event\":\"pusher:pong\",\"data\":{}}";
+
 fn nats_frame(payload: &str) -> Vec<u8> {
     let mut v = Vec::new();
     ws::encode_frame(&mut v, OP_BINARY, payload.as_bytes());
@@ -74,6 +85,10 @@ impl Target {
             Target::Socketio => format!("/socket.io/?EIO=4&transport=websocket&user={user}"),
             Target::Nats => "/".to_owned(),
             Target::Centrifuge => format!("/connection/websocket?user={user}"),
+            Target::Sockudo => format!(
+                "/app/{}?protocol=7&client=pubsub-bench&version=1.0&user={user}",
+                pusher::APP_KEY
+            ),
         }
     }
 
@@ -91,6 +106,7 @@ impl Target {
             Target::Socketio => "socketio",
             Target::Nats => "nats",
             Target::Centrifuge => "centrifuge",
+            Target::Sockudo => "sockudo",
             Target::Echo => "echo",
         }
     }
@@ -102,6 +118,10 @@ impl Target {
                 Some(b"\x81\x8f\0\0\0\0{\"kind\":\"pong\"}")
             }
             Target::Socketio if payload == b"2" => Some(b"\x81\x81\0\0\0\x003"),
+            // Deliveries are longer than 40 bytes: one length test for them.
+            Target::Sockudo if payload.len() < 40 && contains(payload, b"\"pusher:ping\"") => {
+                Some(SOCKUDO_PONG)
+            }
             Target::Nats
                 if payload.starts_with(b"PING\r\n")
                     || memchr::memmem::find(payload, b"\nPING\r\n").is_some() =>
@@ -114,7 +134,9 @@ impl Target {
 
     // ---------------------------------------------------------------- rpc
 
-    pub fn rpc_template(self, tag: &str) -> Template {
+    /// `channel`: sockudo only, the private channel the connection shares
+    /// with its pair (see work.rs, rpc).
+    pub fn rpc_template(self, tag: &str, channel: &str) -> Template {
         match self {
             Target::Pubsub => Template::new(&format!(
                 r#"{{"kind":"sendToServer","id":"{tag}-{{SEQ}}","action":{{"type":"e","t":{{TS}}}}}}"#
@@ -129,6 +151,9 @@ impl Target {
             Target::Centrifuge => {
                 Template::new(r#"{"id":{SEQ},"method":9,"params":{"data":{"type":"e","t":{TS}}}}"#)
             }
+            Target::Sockudo => Template::new(&format!(
+                r#"{{"event":"client-e","channel":"{channel}","data":{{"type":"e","t":{{TS}}}}}}"#
+            )),
             Target::Echo => Template::new(r#"{"type":"e","t":{TS}}"#),
         }
     }
@@ -163,6 +188,11 @@ impl Target {
             }
             Target::Centrifuge => Template::new(&format!(
                 r#"{{"id":{{SEQ}},"method":3,"params":{{"channel":"{topic}","data":{action}}}}}"#
+            )),
+            // A client event: `topic` is a private channel the publisher is
+            // subscribed to; sockudo relays `data` as the JSON object it got.
+            Target::Sockudo => Template::new(&format!(
+                r#"{{"event":"client-f","channel":"{topic}","data":{action}}}"#
             )),
         }
     }
@@ -228,6 +258,8 @@ impl Target {
                 );
                 ws::encode_frame(out, OP_TEXT, p.as_bytes());
             }
+            // work.rs refuses dm for sockudo before any connection is made.
+            Target::Sockudo => unreachable!("no dm mapping for sockudo"),
         }
     }
 }
@@ -420,6 +452,43 @@ impl Session {
                     s.expect_centrifuge(id).await?;
                 }
             }
+            Target::Sockudo => {
+                let mut socket_id = None;
+                s.expect(|p| {
+                    if contains(p, b"pusher:connection_established") {
+                        socket_id = pusher::socket_id(p);
+                        Step::Done
+                    } else if contains(p, b"pusher:error") {
+                        Step::Fail(short(p))
+                    } else {
+                        Step::Continue
+                    }
+                })
+                .await?;
+                let socket_id = socket_id.ok_or_else(|| io::Error::other("no socket_id"))?;
+                if let Some(ch) = &setup.topic {
+                    let auth = if ch.starts_with("private-") {
+                        format!(r#","auth":"{}""#, pusher::channel_auth(&socket_id, ch))
+                    } else {
+                        String::new()
+                    };
+                    let sub = format!(
+                        r#"{{"event":"pusher:subscribe","data":{{"channel":"{ch}"{auth}}}}}"#
+                    );
+                    s.send(&ws::text_frame(sub.as_bytes())).await?;
+                    s.expect(|p| {
+                        if contains(p, b"pusher_internal:subscription_succeeded") {
+                            Step::Done
+                        } else if contains(p, b"pusher:error") || contains(p, b"subscription_error")
+                        {
+                            Step::Fail(short(p))
+                        } else {
+                            Step::Continue
+                        }
+                    })
+                    .await?;
+                }
+            }
         }
         Ok(s)
     }
@@ -533,6 +602,28 @@ impl Session {
         Ok(found)
     }
 
+    /// Reads and counts sockudo's `pusher:pong` answers, which carry no
+    /// timestamp: each is timed from the oldest send in `stamps` (answers
+    /// come back in order on one connection).
+    pub fn read_pongs(&mut self, stamps: &mut VecDeque<u64>) -> io::Result<usize> {
+        let mut found = 0;
+        let mut on = |p: &[u8]| {
+            if p.starts_with(br#"{"event":"pusher:pong""#)
+                && let Some(ts) = stamps.pop_front()
+            {
+                found += 1;
+                if stats::in_window(ts) {
+                    stats::record_latency(stats::now_us().saturating_sub(ts), false);
+                }
+            }
+        };
+        if self.reader.has_pending() {
+            self.process_pending(&mut on);
+        }
+        self.read(&mut on)?;
+        Ok(found)
+    }
+
     pub fn has_replies(&self) -> bool {
         !self.replies.is_empty()
     }
@@ -586,5 +677,27 @@ fn handle_frame(
         OP_PING => ws::encode_frame(replies, OP_PONG, payload),
         OP_CLOSE | OP_PONG => {}
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockudo_pong_is_a_masked_text_frame() {
+        let mut v = Vec::new();
+        ws::encode_frame(&mut v, OP_TEXT, br#"{"event":"pusher:pong","data":{}}"#);
+        assert_eq!(v, SOCKUDO_PONG);
+        assert_eq!(
+            Target::Sockudo.keepalive_reply(br#"{"event":"pusher:ping"}"#),
+            Some(SOCKUDO_PONG)
+        );
+        assert_eq!(
+            Target::Sockudo.keepalive_reply(
+                br#"{"event":"client-f","channel":"private-bench","data":{"type":"f","t":1795631617235123}}"#
+            ),
+            None
+        );
     }
 }

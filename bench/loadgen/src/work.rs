@@ -1,6 +1,7 @@
 //! One generator process: a current-thread runtime, one task per connection.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::io::Write;
 use std::rc::Rc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use tokio::task::LocalSet;
 use tokio::time::{Instant, sleep_until};
 
 use crate::stats::{self, now_us, proc_cpu_s};
-use crate::target::{Session, Setup, Target, endpoint};
+use crate::target::{SOCKUDO_PING, Session, Setup, Target, endpoint};
 use crate::ws::Template;
 use crate::{Common, Workload};
 
@@ -145,6 +146,26 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
             ..
         } => {
             let total = w.main_population();
+            // Pusher has no request/response with a payload (pusher:ping's
+            // pusher:pong carries none), and a client event never goes back
+            // to its sender. So sockudo's rpc pairs connections 2k and 2k+1
+            // on the private channel private-rpc-k: each client event one
+            // sends is relayed by the server to the other, whose closed loop
+            // answers it with its own. One counted "round trip" is then one
+            // pass client -> server -> client, as an echo's is, timed from
+            // the sender's stamp to the pair's receipt.
+            // `--rpc-kind ping` instead: pusher:ping answered by the server's
+            // pusher:pong, its bare request/response without any routing
+            // (closed loop only: the answer carries no timestamp).
+            let ping = c.target == Target::Sockudo && rpc_kind == "ping";
+            anyhow::ensure!(
+                !ping || *rate <= 0.0,
+                "sockudo --rpc-kind ping is closed loop only (no --rate)"
+            );
+            anyhow::ensure!(
+                c.target != Target::Sockudo || ping || total.is_multiple_of(2),
+                "sockudo rpc pairs connections: --conns must be even"
+            );
             for i in range {
                 n_setup += 1;
                 let (ctl, c, inflight, rate) = (ctl.clone(), c.clone(), *inflight, *rate);
@@ -156,13 +177,19 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
                     setup.rpc_subject = Some(format!("e.{}", tag(i)));
                     setup.echo = true;
                 }
-                let mut tpl = if rpc_kind == "self-send" && c.target == Target::Pubsub {
+                let pair_channel = format!("private-rpc-{}", i / 2);
+                if c.target == Target::Sockudo && !ping {
+                    setup.topic = Some(pair_channel.clone());
+                }
+                let mut tpl = if ping {
+                    Template::new(SOCKUDO_PING)
+                } else if rpc_kind == "self-send" && c.target == Target::Pubsub {
                     Template::new(&format!(
                         r#"{{"kind":"sendToUser","id":"{}-{{SEQ}}","to":"r{i}","action":{{"type":"e","t":{{TS}}}}}}"#,
                         tag(i)
                     ))
                 } else {
-                    c.target.rpc_template(&tag(i))
+                    c.target.rpc_template(&tag(i), &pair_channel)
                 };
                 tokio::task::spawn_local(async move {
                     let Some(s) = ctl.open(&c, index, i, &setup, None).await else {
@@ -180,7 +207,7 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
                         })
                         .await;
                     } else {
-                        rpc_closed(s, &mut tpl, go, inflight).await;
+                        rpc_closed(s, &mut tpl, go, inflight, ping).await;
                     }
                 });
             }
@@ -222,7 +249,15 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
                 _ => unreachable!(),
             };
             let slow = matches!(w, Workload::SlowConsumer { .. });
-            let topic = "bench".to_owned();
+            // Pusher client events go only to private (or presence) channels,
+            // and only from a subscriber: sockudo's publisher subscribes too,
+            // and the server leaves it out of the fan-out.
+            let topic = if c.target == Target::Sockudo {
+                "private-bench"
+            } else {
+                "bench"
+            }
+            .to_owned();
             let sub_setup = |i: usize| {
                 let mut s = Setup {
                     user: format!("s{i}"),
@@ -279,6 +314,7 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
                         } else {
                             format!("pub{p}")
                         },
+                        topic: (c.target == Target::Sockudo).then(|| topic.clone()),
                         ..Setup::default()
                     };
                     let mut tpl =
@@ -309,6 +345,14 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
             single,
             ..
         } => {
+            // Pusher's user channels (#server-to-user-<id>, after
+            // pusher:signin) take events only from the HTTP API, and a client
+            // event needs its sender subscribed to the channel: no clean
+            // client-to-user mapping.
+            anyhow::ensure!(
+                c.target != Target::Sockudo,
+                "dm: no Pusher mapping for sockudo"
+            );
             let tabs = (*tabs).max(1);
             let users = *users;
             // Whole users per process.
@@ -492,9 +536,10 @@ thread_local! {
 
 /// Closed loop: `inflight` requests outstanding per connection, a new one as
 /// soon as an answer arrives, until the window ends.
-async fn rpc_closed(s: Session, tpl: &mut Template, go: Go, inflight: usize) {
+/// `pongs`: the answers are sockudo's `pusher:pong`s (timed by Session::read_pongs).
+async fn rpc_closed(s: Session, tpl: &mut Template, go: Go, inflight: usize, pongs: bool) {
     let mut answered = 0u64;
-    rpc_closed_inner(s, tpl, go, inflight, &mut answered).await;
+    rpc_closed_inner(s, tpl, go, inflight, pongs, &mut answered).await;
     PER_CONN.with(|v| v.borrow_mut().push(answered));
 }
 
@@ -503,15 +548,20 @@ async fn rpc_closed_inner(
     tpl: &mut Template,
     go: Go,
     inflight: usize,
+    pongs: bool,
     answered: &mut u64,
 ) {
     sleep_until(at(go.go_at)).await;
     let mut seq = 0u64;
     let mut outstanding = 0usize;
     let mut buf = Vec::with_capacity(256);
+    let mut stamps = VecDeque::new();
     for _ in 0..inflight.max(1) {
         let ts = now_us();
         buf.extend_from_slice(tpl.stamp(ts, seq));
+        if pongs {
+            stamps.push_back(ts);
+        }
         seq += 1;
         stats::count_sent(ts, 1);
         outstanding += 1;
@@ -527,7 +577,12 @@ async fn rpc_closed_inner(
             () = &mut deadline => break,
             r = s.stream.readable() => if r.is_err() { break },
         }
-        let found = match s.read_deliveries() {
+        let read = if pongs {
+            s.read_pongs(&mut stamps)
+        } else {
+            s.read_deliveries()
+        };
+        let found = match read {
             Ok(n) => n,
             Err(_) => break,
         };
@@ -549,6 +604,9 @@ async fn rpc_closed_inner(
                 for _ in 0..found {
                     let ts = now_us();
                     buf.extend_from_slice(tpl.stamp(ts, seq));
+                    if pongs {
+                        stamps.push_back(ts);
+                    }
                     seq += 1;
                     stats::count_sent(ts, 1);
                     outstanding += 1;
