@@ -49,10 +49,6 @@ use crate::connection::Frame;
 /// they are close to what outcomes really cost.
 const ENTRY_OVERHEAD: usize = 64;
 
-/// Stale index slots (of forgotten outcomes) a user's index may hold beyond
-/// one per remembered outcome before they are swept out.
-const STALE_SLACK: usize = 16;
-
 /// One remembered outcome; its id and frame bytes are in the user's buffer.
 struct Remembered {
     /// When it was recorded; the window is counted from here.
@@ -108,8 +104,7 @@ type Locked = ArcMutexGuard<RawMutex, UserWindow>;
 pub(crate) struct UserSlot(Option<Shared>);
 
 /// The hash of each index entry, for the index to rehash when it grows or
-/// shrinks. A stale slot (its outcome forgotten) has no hash left; it goes
-/// anywhere, since it never matches and the next sweep drops it.
+/// shrinks.
 fn hash_of(remembered: &VecDeque<Remembered>, first_seq: u64) -> impl Fn(&u64) -> u64 + '_ {
     move |&seq| {
         seq.checked_sub(first_seq)
@@ -176,14 +171,10 @@ impl UserWindow {
         let Some(oldest) = self.remembered.pop_front() else {
             return 0;
         };
-        // Its index slot is left behind: a slot is only ever taken for a
-        // match after its record is checked (`find`), and a forgotten
-        // sequence number has no record. Looking the slot up would cost a
-        // cache miss per request at a steady rate; instead the index is
-        // swept in one sequential pass once half of it is stale.
+        let seq = self.first_seq;
         self.first_seq += 1;
-        if self.index.len() > 2 * self.remembered.len() + STALE_SLACK {
-            self.drop_stale_index_slots();
+        if let Ok(slot) = self.index.find_entry(oldest.hash, |&s| s == seq) {
+            slot.remove();
         }
         // Outcomes leave in the order they came, so the oldest one's bytes
         // are the first still in the buffer.
@@ -192,11 +183,6 @@ impl UserWindow {
             self.cut_forgotten();
         }
         oldest.len() + ENTRY_OVERHEAD
-    }
-
-    fn drop_stale_index_slots(&mut self) {
-        let first_seq = self.first_seq;
-        self.index.retain(|&mut seq| seq >= first_seq);
     }
 
     /// Forgets outcomes older than the window; returns the bytes freed.
@@ -225,7 +211,6 @@ impl UserWindow {
     /// Gives back memory a burst left behind once the user is quieter.
     fn shrink(&mut self) {
         self.cut_forgotten();
-        self.drop_stale_index_slots();
         if self.buffer.capacity() > 4 * self.buffer.len().max(1024) {
             self.buffer.shrink_to(2 * self.buffer.len());
             self.remembered.shrink_to(2 * self.remembered.len());
@@ -695,14 +680,6 @@ mod tests {
             }
         }
         assert!(w.total_bytes() <= 20 * (ENTRY_OVERHEAD + 30));
-        let index = w.0.users.get(&u).map(|w| {
-            let w = w.lock();
-            (w.index.len(), w.remembered.len())
-        });
-        assert!(
-            index.is_some_and(|(slots, live)| slots <= 2 * live + STALE_SLACK + 1),
-            "stale index slots are swept out: {index:?}"
-        );
         let remembered = w.0.users.get(&u).map(|w| w.lock().remembered.len());
         assert!(
             remembered.is_some_and(|n| (10..=20).contains(&n)),
@@ -713,8 +690,8 @@ mod tests {
 
     #[tokio::test]
     async fn forgotten_ids_stay_forgotten_when_every_id_collides() {
-        // Every index slot, live or stale, has the same hash: only the
-        // records tell a forgotten id from a remembered one.
+        // Every id has the same hash: only the records tell a forgotten id
+        // from a remembered one, and forgetting must remove the right slot.
         let w = RetryWindow::with_hasher(
             IdHasher::Constant,
             Duration::from_secs(120),
