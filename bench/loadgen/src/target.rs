@@ -298,6 +298,19 @@ enum Step {
     Fail(String),
 }
 
+impl Step {
+    /// Done once a frame holds `done`; failed if it holds any of `fail`.
+    fn when_found(p: &[u8], done: &[u8], fail: &[&[u8]]) -> Step {
+        if contains(p, done) {
+            Step::Done
+        } else if fail.iter().any(|f| contains(p, f)) {
+            Step::Fail(short(p))
+        } else {
+            Step::Continue
+        }
+    }
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     memchr::memmem::find(hay, needle).is_some()
 }
@@ -425,16 +438,8 @@ impl Session {
                 }
                 cmds.push_str("PING\r\n");
                 s.send(&nats_frame(&cmds)).await?;
-                s.expect(|p| {
-                    if contains(p, b"PONG\r\n") {
-                        Step::Done
-                    } else if contains(p, b"-ERR") {
-                        Step::Fail(short(p))
-                    } else {
-                        Step::Continue
-                    }
-                })
-                .await?;
+                s.expect(|p| Step::when_found(p, b"PONG\r\n", &[b"-ERR"]))
+                    .await?;
             }
             Target::Centrifuge => {
                 s.send(&ws::text_frame(br#"{"id":1,"params":{}}"#)).await?;
@@ -455,14 +460,12 @@ impl Session {
             Target::Sockudo => {
                 let mut socket_id = None;
                 s.expect(|p| {
-                    if contains(p, b"pusher:connection_established") {
+                    let step =
+                        Step::when_found(p, b"pusher:connection_established", &[b"pusher:error"]);
+                    if matches!(step, Step::Done) {
                         socket_id = pusher::socket_id(p);
-                        Step::Done
-                    } else if contains(p, b"pusher:error") {
-                        Step::Fail(short(p))
-                    } else {
-                        Step::Continue
                     }
+                    step
                 })
                 .await?;
                 let socket_id = socket_id.ok_or_else(|| io::Error::other("no socket_id"))?;
@@ -477,14 +480,11 @@ impl Session {
                     );
                     s.send(&ws::text_frame(sub.as_bytes())).await?;
                     s.expect(|p| {
-                        if contains(p, b"pusher_internal:subscription_succeeded") {
-                            Step::Done
-                        } else if contains(p, b"pusher:error") || contains(p, b"subscription_error")
-                        {
-                            Step::Fail(short(p))
-                        } else {
-                            Step::Continue
-                        }
+                        Step::when_found(
+                            p,
+                            b"pusher_internal:subscription_succeeded",
+                            &[b"pusher:error", b"subscription_error"],
+                        )
                     })
                     .await?;
                 }
@@ -496,16 +496,8 @@ impl Session {
     async fn expect_ack(&mut self, id: &str) -> io::Result<()> {
         let ack = format!(r#""kind":"ack","id":"{id}""#);
         let err = format!(r#""kind":"error","id":"{id}""#);
-        self.expect(|p| {
-            if contains(p, ack.as_bytes()) {
-                Step::Done
-            } else if contains(p, err.as_bytes()) {
-                Step::Fail(short(p))
-            } else {
-                Step::Continue
-            }
-        })
-        .await
+        self.expect(|p| Step::when_found(p, ack.as_bytes(), &[err.as_bytes()]))
+            .await
     }
 
     async fn expect_centrifuge(&mut self, id: u32) -> io::Result<()> {
