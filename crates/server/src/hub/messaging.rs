@@ -55,32 +55,31 @@ impl Hub {
         request: Request<'_>,
     ) -> Answer {
         let sender = &caller.sender;
-        let ticket =
-            match self
-                .retry_window
-                .begin(&mut caller.retry_slot, &sender.user, request.id())
-            {
-                Begin::New(ticket) => ticket,
-                Begin::Replay(frame) => {
-                    self.stats.retries_replayed.fetch_add(1, Ordering::Relaxed);
-                    return Answer::Now(frame);
-                }
-                Begin::Wait(first_attempt) => {
-                    self.stats.retries_replayed.fetch_add(1, Ordering::Relaxed);
-                    let hub = self.clone();
-                    let id = request.id().clone();
-                    return Answer::Later(Box::pin(async move {
-                        match first_attempt.await {
-                            Ok(frame) => frame,
-                            Err(_) => hub.error_frame(
-                                Some(&id),
-                                ErrorCode::Internal,
-                                "the first attempt with this id was abandoned; retry",
-                            ),
-                        }
-                    }));
-                }
-            };
+        let begin = self
+            .retry_window
+            .begin(&mut caller.retry_slot, &sender.user, request.id());
+        let ticket = match begin {
+            Begin::New(ticket) => ticket,
+            Begin::Replay(frame) => {
+                self.stats.retries_replayed.fetch_add(1, Ordering::Relaxed);
+                return Answer::Now(frame);
+            }
+            Begin::Wait(first_attempt) => {
+                self.stats.retries_replayed.fetch_add(1, Ordering::Relaxed);
+                let hub = self.clone();
+                let id = request.id().clone();
+                return Answer::Later(Box::pin(async move {
+                    match first_attempt.await {
+                        Ok(frame) => frame,
+                        Err(_) => hub.error_frame(
+                            Some(&id),
+                            ErrorCode::Internal,
+                            "the first attempt with this id was abandoned; retry",
+                        ),
+                    }
+                }));
+            }
+        };
         let outcome = match request {
             Request::Broadcast { id, action } => self.route_broadcast(sender, &id, &action).await,
             Request::SendToUser { id, to, action } => {
