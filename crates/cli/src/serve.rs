@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use pubsub_server::{DEV_AUTH_WARNING, DevAuth, SeeOnlySelf, Server, TopicPatterns, handler_fn};
+use pubsub_server::{DEV_AUTH_WARNING, DevAuth, EchoHandler, SeeOnlySelf, Server, TopicPatterns};
 use tracing_subscriber::EnvFilter;
 
 use crate::settings::{self, AuthMode, BuiltinHandler, Overrides, PresenceVisibility};
@@ -36,10 +36,7 @@ pub async fn run(config: Option<&Path>, overrides: &Overrides) -> anyhow::Result
         builder = builder.node_id(node.clone());
     }
     if settings.handler == BuiltinHandler::Echo {
-        // Replies with the action's own bytes (no parse into a tree and back).
-        builder = builder.handler(handler_fn(|_ctx, action| async move {
-            Ok(action.raw().to_owned())
-        }));
+        builder = builder.handler(EchoHandler);
     }
     builder = builder.topic_policy(TopicPatterns {
         join: settings.topics.join.clone(),

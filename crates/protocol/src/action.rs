@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::scan::{plain_json_string, skip_value, skip_ws};
+use crate::validate::{self, TypeMember};
 
 /// Action types starting with this prefix are system events sent by the server.
 /// Clients may not send actions with such a type.
@@ -37,7 +37,8 @@ struct Head<'a> {
 #[derive(Debug, Clone)]
 pub struct ActionRef<'a> {
     ty: Cow<'a, str>,
-    raw: &'a RawValue,
+    /// Valid JSON (an object), as the client sent it.
+    json: &'a str,
 }
 
 impl<'a> ActionRef<'a> {
@@ -45,15 +46,28 @@ impl<'a> ActionRef<'a> {
     /// is for the server's own system events.
     pub fn parse(raw: &'a RawValue, allow_reserved: bool) -> Result<Self, ActionError> {
         let text = raw.get();
+        let ty = validate::value(text).map_or(TypeMember::Unknown, |v| v.ty);
+        Self::checked(text, ty, allow_reserved)
+    }
+
+    /// An action whose JSON is known to be valid, with what the validating
+    /// walk found of its `type`; serde reads the `type` whenever the walk
+    /// could not, so both ways give the same answer.
+    pub(crate) fn checked(
+        json: &'a str,
+        ty: TypeMember<'a>,
+        allow_reserved: bool,
+    ) -> Result<Self, ActionError> {
         // serde accepts a JSON array for a struct, so check the shape first.
-        if !text.starts_with('{') {
+        if !json.starts_with('{') {
             return Err(ActionError::NotAnObject);
         }
-        let ty = match plain_type(text) {
-            Some(ty) => Cow::Borrowed(ty),
-            None => {
+        let ty = match ty {
+            TypeMember::Plain(ty) => Cow::Borrowed(ty),
+            TypeMember::Absent => return Err(ActionError::BadType),
+            TypeMember::Unknown => {
                 let head: Head<'a> =
-                    serde_json::from_str(text).map_err(|_| ActionError::NotAnObject)?;
+                    serde_json::from_str(json).map_err(|_| ActionError::NotAnObject)?;
                 head.ty.ok_or(ActionError::BadType)?
             }
         };
@@ -63,56 +77,22 @@ impl<'a> ActionRef<'a> {
         if !allow_reserved && ty.starts_with(RESERVED_PREFIX) {
             return Err(ActionError::Reserved);
         }
-        Ok(Self { ty, raw })
+        Ok(Self { ty, json })
     }
 
     pub fn action_type(&self) -> &str {
         &self.ty
     }
 
-    /// The action exactly as the client sent it.
-    pub fn raw(&self) -> &'a RawValue {
-        self.raw
+    /// The action exactly as the client sent it (valid JSON).
+    pub fn json(&self) -> &'a str {
+        self.json
     }
 
     pub fn to_owned(&self) -> Action {
         Action {
             ty: self.ty.clone().into_owned().into_boxed_str(),
-            raw: self.raw.to_owned(),
-        }
-    }
-}
-
-/// The `type` of a JSON object known to be valid (a `RawValue`), found by
-/// walking its top-level keys without deserialising anything. `None` leaves
-/// the decision to serde: an escaped key or `type` value, a `type` that is
-/// missing, repeated or not a string. So whenever this answers, serde would
-/// have answered the same.
-fn plain_type(text: &str) -> Option<&str> {
-    let b = text.as_bytes();
-    let mut i = skip_ws(b, 1); // after `{`
-    let mut found = None;
-    loop {
-        match *b.get(i)? {
-            b'}' => return found,
-            b',' => i = skip_ws(b, i + 1),
-            _ => {}
-        }
-        let key = plain_json_string(text.get(i..)?)?;
-        i = skip_ws(b, i + key.len());
-        if *b.get(i)? != b':' {
-            return None;
-        }
-        i = skip_ws(b, i + 1);
-        if key == "\"type\"" {
-            if found.is_some() {
-                return None;
-            }
-            let value = plain_json_string(text.get(i..)?)?;
-            found = Some(&value[1..value.len() - 1]);
-            i = skip_ws(b, i + value.len());
-        } else {
-            i = skip_ws(b, skip_value(b, i)?);
+            json: self.json.into(),
         }
     }
 }
@@ -121,7 +101,8 @@ fn plain_type(text: &str) -> Option<&str> {
 #[derive(Debug, Clone)]
 pub struct Action {
     ty: Box<str>,
-    raw: Box<RawValue>,
+    /// Valid JSON (an object).
+    json: Box<str>,
 }
 
 impl Action {
@@ -138,31 +119,40 @@ impl Action {
             .action_type()
             .to_owned()
             .into_boxed_str();
-        Ok(Self { ty, raw })
+        Ok(Self {
+            ty,
+            json: raw.into(),
+        })
     }
 
     pub fn action_type(&self) -> &str {
         &self.ty
     }
 
-    pub fn raw(&self) -> &RawValue {
-        &self.raw
+    /// The action's JSON, as it was sent (valid JSON).
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// The action's JSON, without a copy.
+    pub fn into_json(self) -> String {
+        self.json.into_string()
     }
 
     /// Deserialises the whole action into `T`.
     pub fn parse<'de, T: Deserialize<'de>>(&'de self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(self.raw.get())
+        serde_json::from_str(&self.json)
     }
 
     pub fn to_value(&self) -> serde_json::Value {
-        // A RawValue is valid JSON by construction, so this cannot fail.
-        serde_json::from_str(self.raw.get()).unwrap_or(serde_json::Value::Null)
+        // The JSON is valid by construction, so this cannot fail.
+        serde_json::from_str(&self.json).unwrap_or(serde_json::Value::Null)
     }
 
     pub fn as_ref(&self) -> ActionRef<'_> {
         ActionRef {
             ty: Cow::Borrowed(&self.ty),
-            raw: &self.raw,
+            json: &self.json,
         }
     }
 }
@@ -173,6 +163,14 @@ mod tests {
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    /// The `type` the validating walk found by itself, if it did.
+    fn plain_type(text: &str) -> Option<&str> {
+        match validate::value(text)?.ty {
+            TypeMember::Plain(ty) => Some(ty),
+            TypeMember::Absent | TypeMember::Unknown => None,
+        }
     }
 
     /// The fast `type` scan either agrees with serde or steps aside.
@@ -280,6 +278,9 @@ mod tests {
                     answered += 1;
                     assert_eq!(Some(fast.to_owned()), serde, "{text}");
                 }
+                if validate::value(&text).unwrap().ty == TypeMember::Absent {
+                    assert_eq!(serde, None, "{text}");
+                }
             }
         }
         assert!(answered > 1000, "the scan answered only {answered} times");
@@ -290,7 +291,7 @@ mod tests {
         let r = raw(r#"{"type":"CHAT","text":"hi","n":[1,2]}"#);
         let a = ActionRef::parse(&r, false).unwrap();
         assert_eq!(a.action_type(), "CHAT");
-        assert_eq!(a.raw().get(), r.get());
+        assert_eq!(a.json(), r.get());
     }
 
     #[test]

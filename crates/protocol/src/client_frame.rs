@@ -13,6 +13,7 @@ use crate::action::{ActionError, ActionRef};
 use crate::codes::ErrorCode;
 use crate::ids::{MessageId, Topic, UserId};
 use crate::scan::{plain_json_string, skip_ws};
+use crate::validate::{self, TypeMember};
 
 /// Names of the client frame kinds.
 pub mod kind {
@@ -169,14 +170,14 @@ impl FrameError {
     }
 }
 
-/// A frame's top-level members: each the JSON text of its value, except the
-/// action, which stays a `RawValue` for the action checks.
+/// A frame's top-level members: each the JSON text of its value, and for the
+/// action also what the validating walk found of its `type`.
 #[derive(Debug, Default)]
 struct Envelope<'a> {
     kind: Option<&'a str>,
     id: Option<&'a str>,
     to: Option<&'a str>,
-    action: Option<&'a RawValue>,
+    action: Option<ActionText<'a>>,
     topic: Option<&'a str>,
     users: Option<&'a str>,
     echo: Option<&'a str>,
@@ -199,7 +200,12 @@ impl<'a> Envelope<'a> {
             kind: env.kind.map(RawValue::get),
             id: env.id.map(RawValue::get),
             to: env.to.map(RawValue::get),
-            action: env.action,
+            // The unusual path: serde validated the action, and reads its
+            // `type` too.
+            action: env.action.map(|raw| ActionText {
+                json: raw.get(),
+                ty: TypeMember::Unknown,
+            }),
             topic: env.topic.map(RawValue::get),
             users: env.users.map(RawValue::get),
             echo: env.echo.map(RawValue::get),
@@ -214,7 +220,7 @@ impl<'a> Envelope<'a> {
     /// frames): the glue between members is checked here; `kind`, `id` and
     /// `topic` must be strings with nothing to unescape, `echo` and `active`
     /// literals, and every other value (the action above all) is validated
-    /// by serde on its own.
+    /// by the walk in `validate`, which accepts what serde accepts.
     fn scan(text: &'a str) -> Option<Self> {
         let b = text.as_bytes();
         let mut i = skip_ws(b, 0);
@@ -241,11 +247,11 @@ impl<'a> Envelope<'a> {
                     "topic" => fill(&mut env.topic, plain_json_string(rest)?)?,
                     "echo" => fill(&mut env.echo, json_bool(rest)?)?,
                     "active" => fill(&mut env.active, json_bool(rest)?)?,
-                    "action" => fill(&mut env.action, one_value(rest)?)?,
+                    "action" => fill(&mut env.action, action_value(rest)?)?,
                     "to" => fill(&mut env.to, not_null(one_value(rest)?)?)?,
                     "users" => fill(&mut env.users, not_null(one_value(rest)?)?)?,
-                    // Any other member is ignored, once serde finds it valid.
-                    _ => one_value(rest)?.get().len(),
+                    // Any other member is ignored, once it is found valid.
+                    _ => one_value(rest)?.len(),
                 };
                 i = skip_ws(b, i + len);
                 match *b.get(i)? {
@@ -273,10 +279,17 @@ impl ValueText for &str {
     }
 }
 
-impl ValueText for &RawValue {
+impl ValueText for ActionText<'_> {
     fn text_len(&self) -> usize {
-        self.get().len()
+        self.json.len()
     }
+}
+
+/// The action's JSON text, valid, and what the walk found of its `type`.
+#[derive(Debug, Clone, Copy)]
+struct ActionText<'a> {
+    json: &'a str,
+    ty: TypeMember<'a>,
 }
 
 /// Stores a member's value and returns the length of its text; `None` if
@@ -299,18 +312,22 @@ fn json_bool(rest: &str) -> Option<&str> {
         .map(|literal| &rest[..literal.len()])
 }
 
-/// The one JSON value at the start of `rest`, validated by serde, which
-/// stops where the value ends.
-fn one_value(rest: &str) -> Option<&RawValue> {
-    serde_json::Deserializer::from_str(rest)
-        .into_iter::<&RawValue>()
-        .next()?
-        .ok()
+/// The text of the one valid JSON value at the start of `rest`.
+fn one_value(rest: &str) -> Option<&str> {
+    validate::value(rest).map(|valid| &rest[..valid.len])
+}
+
+/// The action at the start of `rest`, validated and its `type` found in one walk.
+fn action_value(rest: &str) -> Option<ActionText<'_>> {
+    validate::value(rest).map(|valid| ActionText {
+        json: &rest[..valid.len],
+        ty: valid.ty,
+    })
 }
 
 /// For `to` and `users`, `null` means absent: serde's case.
-fn not_null(value: &RawValue) -> Option<&str> {
-    (value.get() != "null").then(|| value.get())
+fn not_null(value: &str) -> Option<&str> {
+    (value != "null").then_some(value)
 }
 
 #[derive(Deserialize)]
@@ -413,14 +430,14 @@ pub fn decode_client_frame<'a>(
         id.ok_or_else(|| FrameError::new(ErrorCode::InvalidField, "missing `id`", None))
     };
     let need_action = |id: &MessageId| -> Result<ActionRef<'a>, FrameError> {
-        let raw = env.action.ok_or_else(|| {
+        let action = env.action.ok_or_else(|| {
             FrameError::new(
                 ErrorCode::InvalidAction,
                 "missing `action`",
                 Some(id.clone()),
             )
         })?;
-        ActionRef::parse(raw, false).map_err(|e| {
+        ActionRef::checked(action.json, action.ty, false).map_err(|e| {
             let code = match e {
                 ActionError::Reserved => ErrorCode::ReservedType,
                 ActionError::NotAnObject | ActionError::BadType => ErrorCode::InvalidAction,
@@ -835,7 +852,7 @@ mod tests {
             e.kind,
             e.id,
             e.to,
-            e.action.map(RawValue::get),
+            e.action.map(|a| a.json),
             e.topic,
             e.users,
             e.echo,
@@ -906,14 +923,23 @@ mod tests {
                 "the scan should leave {text:?} to serde"
             );
         }
-        // Values serde does not deserialize may nest as deep as they like,
-        // in both paths.
-        let deep = format!(
-            r#"{{"kind":"ping","x":{}{}}}"#,
-            "[".repeat(300),
-            "]".repeat(300)
-        );
-        assert!(scan_agrees_with_serde(&deep));
+        // Values serde does not deserialize may nest as deep as they like:
+        // the scan walks 64 levels and leaves deeper ones to serde.
+        let nested = |depth: usize| {
+            format!(
+                r#"{{"kind":"ping","x":{}{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        assert!(scan_agrees_with_serde(&nested(64)));
+        let deep = nested(300);
+        assert!(!scan_agrees_with_serde(&deep));
+        assert!(Envelope::decode(&deep).is_ok());
+        assert!(matches!(
+            decode_client_frame(&deep, &limits()),
+            Ok(ClientFrame::Ping { id: None })
+        ));
     }
 
     /// Thousands of frames mangled at random: whenever the scan accepts one,

@@ -9,6 +9,8 @@
 //! - [`limits`]: default limits.
 //! - `scan` (private): byte-level JSON scanning behind the decoders' fast
 //!   paths, each of which steps aside for serde on anything unusual.
+//! - `validate` (private): strict validation of one JSON value (an action
+//!   above all) that finds the action's `type` in the same walk.
 
 pub mod action;
 pub mod client_frame;
@@ -18,6 +20,7 @@ pub mod limits;
 pub mod presence;
 mod scan;
 pub mod server_frame;
+mod validate;
 
 pub use action::{Action, ActionError, ActionRef, RESERVED_PREFIX};
 pub use client_frame::{

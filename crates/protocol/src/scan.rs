@@ -1,8 +1,6 @@
-//! Byte-level JSON scanning for the fast path that finds an action's `type`
-//! (action.rs) and the frame's top-level members (client_frame.rs). None of
-//! it validates values; its callers scan text serde already validated, or
-//! check the little they accept themselves and have serde validate the rest,
-//! and step aside (`None`) for serde whenever anything is unusual.
+//! Byte-level JSON scanning: whitespace and strings, for the frame's
+//! top-level members (client_frame.rs), the validating walk (validate.rs)
+//! and the frame writers (server_frame.rs).
 
 /// The index of the first byte at or after `i` that is not JSON whitespace.
 pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -65,51 +63,6 @@ pub(crate) fn plain_json_string(rest: &str) -> Option<&str> {
     (b[end] == b'"').then(|| &rest[..=end])
 }
 
-/// The index just after the value starting at `i`, found by following
-/// strings and brackets only. For valid JSON that is the value's end (for a
-/// number or literal, the next `,`, `}` or `]`, so trailing whitespace is
-/// included); for anything else it is some index, or `None`.
-pub(crate) fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
-    let mut depth = 0usize;
-    loop {
-        match *b.get(i)? {
-            b'"' => {
-                i += 1;
-                loop {
-                    i += first_escape(b.get(i..)?)?;
-                    match b[i] {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        // A control character: not valid JSON, but this
-                        // only follows brackets and strings.
-                        _ => i += 1,
-                    }
-                }
-                i += 1;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                i += 1;
-            }
-            b'}' | b']' => {
-                if depth == 0 {
-                    return Some(i);
-                }
-                depth -= 1;
-                i += 1;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            b',' if depth == 0 => return Some(i),
-            _ => i += 1,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,13 +116,5 @@ mod tests {
                 .collect();
             assert_eq!(first_escape(&v), bytewise(&v), "{v:?}");
         }
-    }
-
-    #[test]
-    fn strings_are_skipped_to_their_closing_quote() {
-        let text = br#"{"a":"x\"y\\","long string with \" inside ok":[1,"]"]} ,"#;
-        assert_eq!(skip_value(text, 0), Some(text.len() - 2));
-        assert_eq!(skip_value(br#""plain""#, 0), Some(7));
-        assert_eq!(skip_value(br#""unterminated"#, 0), None);
     }
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::action::ActionRef;
 use crate::codes::ErrorCode;
 use crate::ids::{ClientId, MessageId, Topic, UserId};
 use crate::presence::Presence;
@@ -124,7 +125,7 @@ pub fn encode_message(
     id: &MessageId,
     via: Via,
     from: Option<&Sender>,
-    action: &RawValue,
+    action: &ActionRef<'_>,
 ) -> String {
     encode_topic_message(id, via, from, None, action)
 }
@@ -135,7 +136,7 @@ pub fn encode_topic_message(
     via: Via,
     from: Option<&Sender>,
     topic: Option<&Topic>,
-    action: &RawValue,
+    action: &ActionRef<'_>,
 ) -> String {
     to_string_with(|out| write_topic_message(out, id, via, from, topic, action))
 }
@@ -151,7 +152,7 @@ pub fn write_topic_message(
     via: Via,
     from: Option<&Sender>,
     topic: Option<&Topic>,
-    action: &RawValue,
+    action: &ActionRef<'_>,
 ) {
     out.extend_from_slice(br#"{"kind":""#);
     out.extend_from_slice(kind::MESSAGE.as_bytes());
@@ -172,7 +173,7 @@ pub fn write_topic_message(
         write_str(out, topic.as_str());
     }
     out.extend_from_slice(br#","action":"#);
-    out.extend_from_slice(action.get().as_bytes());
+    out.extend_from_slice(action.json().as_bytes());
     out.push(b'}');
 }
 
@@ -225,6 +226,19 @@ pub fn write_ack<T: Serialize + ?Sized>(out: &mut Vec<u8>, id: &MessageId, resul
     write_str(out, id.as_str());
     out.extend_from_slice(br#","result":"#);
     write_json(out, result);
+    out.push(b'}');
+}
+
+/// [`write_ack`] with a result that is already JSON text, copied verbatim.
+/// `result` must be one valid JSON value (the server passes a handler's
+/// reply, valid by construction); nothing here checks it again.
+pub fn write_ack_json(out: &mut Vec<u8>, id: &MessageId, result: &str) {
+    out.extend_from_slice(br#"{"kind":""#);
+    out.extend_from_slice(kind::ACK.as_bytes());
+    out.extend_from_slice(br#"","id":"#);
+    write_str(out, id.as_str());
+    out.extend_from_slice(br#","result":"#);
+    out.extend_from_slice(result.as_bytes());
     out.push(b'}');
 }
 
@@ -411,7 +425,9 @@ pub fn encode_server_frame(frame: &ServerFrame) -> Option<String> {
             d.via,
             d.from.as_ref(),
             d.topic.as_ref(),
-            &raw(&d.action)?,
+            &crate::Action::from_raw(raw(&d.action)?, true)
+                .ok()?
+                .as_ref(),
         ),
         ServerFrame::Event(e) => encode_event(&e.action),
         ServerFrame::Ack(a) => encode_ack(&a.id, &raw(&a.result)?),
@@ -438,7 +454,8 @@ mod tests {
 
     #[test]
     fn message_frame_keeps_action_bytes() {
-        let action = RawValue::from_string(r#"{"type":"X","n":1.50}"#.into()).unwrap();
+        let raw = RawValue::from_string(r#"{"type":"X","n":1.50}"#.into()).unwrap();
+        let action = ActionRef::parse(&raw, false).unwrap();
         let text = encode_message(
             &MessageId::new("m").unwrap(),
             Via::Broadcast,
@@ -521,7 +538,11 @@ mod tests {
                             topic,
                             action: &raw,
                         });
-                        assert_eq!(encode_topic_message(&id, via, from, topic, &raw), expected);
+                        let action = ActionRef::parse(&raw, false).unwrap();
+                        assert_eq!(
+                            encode_topic_message(&id, via, from, topic, &action),
+                            expected
+                        );
                     }
                 }
             }
@@ -532,14 +553,15 @@ mod tests {
                 result: &result,
             });
             assert_eq!(encode_ack(&id, &result), expected);
-            assert_eq!(
-                encode_ack(&id, &*raw),
-                to_json(&AckOut {
-                    kind: kind::ACK,
-                    id: &id,
-                    result: &*raw
-                })
-            );
+            let expected = to_json(&AckOut {
+                kind: kind::ACK,
+                id: &id,
+                result: &*raw,
+            });
+            assert_eq!(encode_ack(&id, &*raw), expected);
+            let mut out = Vec::new();
+            write_ack_json(&mut out, &id, raw.get());
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
         }
     }
 }

@@ -65,6 +65,11 @@ fn describe(frame: &ClientFrame<'_>) -> Value {
     out
 }
 
+/// The action's JSON as the client-side encoder takes it.
+fn raw<'a>(action: &pubsub_protocol::ActionRef<'a>) -> &'a serde_json::value::RawValue {
+    serde_json::from_str(action.json()).unwrap()
+}
+
 /// Re-encodes a decoded frame with the client-side encoder.
 fn encode(frame: &ClientFrame<'_>) -> String {
     let mut out = OutgoingFrame {
@@ -75,11 +80,11 @@ fn encode(frame: &ClientFrame<'_>) -> String {
     match frame {
         ClientFrame::Request(request) => match request {
             Request::Broadcast { action, .. } | Request::SendToServer { action, .. } => {
-                out.action = Some(action.raw());
+                out.action = Some(raw(action));
             }
             Request::SendToUser { to, action, .. } => {
                 out.to = Some(to);
-                out.action = Some(action.raw());
+                out.action = Some(raw(action));
             }
             Request::Publish {
                 topic,
@@ -89,7 +94,7 @@ fn encode(frame: &ClientFrame<'_>) -> String {
             } => {
                 out.topic = Some(topic);
                 out.echo = Some(*echo);
-                out.action = Some(action.raw());
+                out.action = Some(raw(action));
             }
             Request::Join { topic, .. } | Request::Leave { topic, .. } => out.topic = Some(topic),
             Request::Presence { users, .. }

@@ -47,7 +47,7 @@ impl ServerHandle {
         let action = Action::from_raw(raw, false)?;
         let id = self.hub.next_server_message_id();
         Ok(Frame::text_with(|out| {
-            write_topic_message(out, &id, via, None, topic, action.raw());
+            write_topic_message(out, &id, via, None, topic, &action.as_ref());
         }))
     }
 

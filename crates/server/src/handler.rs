@@ -8,17 +8,26 @@ use std::future::Future;
 use async_trait::async_trait;
 use pubsub_protocol::Action;
 use serde::Serialize;
-use serde_json::value::RawValue;
 
 use crate::context::HandlerContext;
 
-/// A handler's successful answer, already serialised.
+/// A handler's successful answer, already serialised: one valid JSON value,
+/// which the ack carries verbatim.
 #[derive(Debug, Clone)]
-pub struct Reply(pub(crate) Box<RawValue>);
+pub struct Reply(String);
 
 impl Reply {
-    pub fn as_raw(&self) -> &RawValue {
+    /// The reply's JSON text.
+    pub fn json(&self) -> &str {
         &self.0
+    }
+}
+
+/// The action itself as the reply, its bytes as they arrived (no copy, no
+/// second serialisation): what an echo handler answers.
+impl From<Action> for Reply {
+    fn from(action: Action) -> Self {
+        Self(action.into_json())
     }
 }
 
@@ -27,7 +36,7 @@ pub type HandlerResult = Result<Reply, HandlerError>;
 
 /// Serialises `value` as the reply.
 pub fn reply<T: Serialize + ?Sized>(value: &T) -> HandlerResult {
-    serde_json::value::to_raw_value(value)
+    serde_json::to_string(value)
         .map(Reply)
         .map_err(|e| HandlerError::new(format!("the handler's reply could not be serialised: {e}")))
 }
@@ -75,6 +84,19 @@ impl std::error::Error for HandlerError {}
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, ctx: HandlerContext, action: Action) -> HandlerResult;
+}
+
+/// Answers every action with the action itself, its bytes as they arrived:
+/// `pubsub serve --handler echo`, for trying a client out and for the rpc
+/// benchmark's "trivial handler".
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EchoHandler;
+
+#[async_trait]
+impl Handler for EchoHandler {
+    async fn handle(&self, _ctx: HandlerContext, action: Action) -> HandlerResult {
+        Ok(Reply::from(action))
+    }
 }
 
 struct HandlerFn<F>(F);

@@ -45,7 +45,7 @@ pub use engine::{
     WatchOutcome,
 };
 pub use handle::{SendError, ServerHandle};
-pub use handler::{Handler, HandlerError, HandlerResult, Reply, handler_fn, reply};
+pub use handler::{EchoHandler, Handler, HandlerError, HandlerResult, Reply, handler_fn, reply};
 pub use presence::{PresenceHooks, PresencePolicy, SeeEveryone, SeeOnlySelf, StatusChange};
 pub use pubsub_protocol as protocol;
 pub use pubsub_protocol::{Action, ClientId, MessageId, Presence, Topic, UserId, UserStatus};

@@ -68,7 +68,7 @@ impl HandlerCall {
         let hub = &self.hub;
         let id = &self.id;
         let (frame, remember) = match outcome {
-            Ok(Ok(Ok(reply))) => (hub.ack_frame(id, reply.as_raw()), true),
+            Ok(Ok(Ok(reply))) => (hub.ack_json_frame(id, reply.json()), true),
             Ok(Ok(Err(e))) => {
                 hub.stats.error(ErrorCode::HandlerError);
                 let data = e

@@ -125,7 +125,7 @@ impl Hub {
         action: &ActionRef<'_>,
     ) -> Outcome {
         let message = Frame::text_with(|out| {
-            write_topic_message(out, id, Via::Broadcast, Some(sender), None, action.raw());
+            write_topic_message(out, id, Via::Broadcast, Some(sender), None, action);
         });
         match self
             .engine
@@ -151,7 +151,7 @@ impl Hub {
         action: &ActionRef<'_>,
     ) -> Outcome {
         let message = Frame::text_with(|out| {
-            write_topic_message(out, id, Via::User, Some(sender), None, action.raw());
+            write_topic_message(out, id, Via::User, Some(sender), None, action);
         });
         match self.engine.send_to_users(to, &message).await {
             Ok(deliveries) => {
@@ -182,7 +182,7 @@ impl Hub {
             );
         }
         let message = Frame::text_with(|out| {
-            write_topic_message(out, id, Via::Topic, Some(sender), Some(topic), action.raw());
+            write_topic_message(out, id, Via::Topic, Some(sender), Some(topic), action);
         });
         let except = (!echo).then_some(&sender.client);
         match self.engine.publish(topic, except, &message).await {

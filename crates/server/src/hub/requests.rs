@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures_util::future::BoxFuture;
-use pubsub_protocol::server_frame::write_ack;
+use pubsub_protocol::server_frame::{write_ack, write_ack_json};
 use pubsub_protocol::{MessageId, Request};
 use serde::Serialize;
 
@@ -59,5 +59,11 @@ impl Hub {
     pub(crate) fn ack_frame<T: Serialize + ?Sized>(&self, id: &MessageId, result: &T) -> Frame {
         self.stats.messages_out.ack.fetch_add(1, Ordering::Relaxed);
         Frame::text_with(|out| write_ack(out, id, result))
+    }
+
+    /// [`Self::ack_frame`] for a result that is already valid JSON text.
+    pub(crate) fn ack_json_frame(&self, id: &MessageId, result: &str) -> Frame {
+        self.stats.messages_out.ack.fetch_add(1, Ordering::Relaxed);
+        Frame::text_with(|out| write_ack_json(out, id, result))
     }
 }
