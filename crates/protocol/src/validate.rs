@@ -322,6 +322,21 @@ mod tests {
         let deeper = format!("{}{}", "[".repeat(n + 1), "]".repeat(n + 1));
         assert_eq!(value(&deeper), None);
         assert!(serde_len(&deeper).is_some(), "serde takes it from here");
+        // Objects and arrays alternating all the way down, with members after
+        // each close: every level must remember which kind it is.
+        let mut mixed = String::new();
+        for level in 0..n {
+            mixed.push_str(if level % 2 == 0 { r#"{"a":"# } else { "[1," });
+        }
+        mixed.push_str("null");
+        for level in (0..n).rev() {
+            mixed.push_str(if level % 2 == 0 { r#","b":2}"# } else { "]" });
+        }
+        assert_eq!(value(&mixed).map(|v| v.len), Some(mixed.len()));
+        assert_eq!(serde_len(&mixed), Some(mixed.len()));
+        let swapped = mixed.replacen('}', "]", 1);
+        assert_eq!(value(&swapped), None);
+        assert_eq!(serde_len(&swapped), None);
     }
 
     /// Random JSON, serialised compactly and pretty, then cut and mutated
