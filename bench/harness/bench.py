@@ -501,14 +501,33 @@ def table(headers, rows):
     return "\n".join(out)
 
 
+def cpu_us_per(r):
+    """Server CPU time per message answered, in microseconds: at a fixed rate below saturation, the
+    figure that compares servers' efficiency whatever the host's speed that hour."""
+    def us(cpu, n):
+        return cpu / 100 / n * 1e6
+
+    cpu, n = srv(r, "cpu_pct"), r.get("received_per_s")
+    if not cpu or not n:
+        return "-"
+    runs = [x for x in r.get("runs") or [] if x.get("cpu_pct") and x.get("received_per_s")]
+    spread = ""
+    if len(runs) >= 2:
+        v = sorted(us(x["cpu_pct"], x["received_per_s"]) for x in runs)
+        spread = f" ({v[0]:.1f}–{v[-1]:.1f})"
+    return f"{us(cpu, n):.1f}{spread}"
+
+
 def row_for(workload, r):
     t = r["target"]
     if r.get("error"):
         return None
     lat = r.get("latency") or {}
     if workload == "rpc":
-        return [t, r["params"]["rpc"]["conns"], kfmt(r["received_per_s"]) + runs_range(r), ms(lat["p50_ms"]), ms(lat["p99_ms"]),
-                ms(lat["p999_ms"]), ms(lat["max_ms"]), pct(srv(r, "cpu_pct")), pct(r["gen_cpu_pct"]),
+        rate = r["params"]["rpc"].get("rate")
+        return [t, r["params"]["rpc"]["conns"], kfmt(rate) if rate else "closed loop",
+                kfmt(r["received_per_s"]) + runs_range(r), ms(lat["p50_ms"]), ms(lat["p99_ms"]),
+                ms(lat["p999_ms"]), ms(lat["max_ms"]), pct(srv(r, "cpu_pct")), cpu_us_per(r), pct(r["gen_cpu_pct"]),
                 f'{srv(r, "rss_max_kib") / 1024:.0f}' if srv(r, "rss_max_kib") else "-"]
     if workload == "idle":
         per = srv(r, "rss_per_conn_bytes")
@@ -543,7 +562,8 @@ def row_for(workload, r):
 
 
 HEADERS = {
-    "rpc": ["target", "conns", "round trips/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "server CPU", "gen CPU", "server MiB"],
+    "rpc": ["target", "conns", "offered/s", "round trips/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "server CPU",
+            "server µs/round trip", "gen CPU", "server MiB"],
     "idle": ["target", "conns", "server KiB/conn", "server MiB", "connect s", "connect p50 ms", "connect p99 ms",
              "idle CPU", "failed"],
     "fanout": ["target", "conns", "offered/s", "delivered/s", "loss", "p50 ms", "p99 ms", "max ms", "server CPU",
@@ -666,9 +686,10 @@ def charts(out_dir, workload, results):
 
 def repeated_point(env, workload, targets, p, server_env, repeat):
     """Runs one point `repeat` times with the targets interleaved in every
-    round, and keeps each target's median run: by round trips/s for rpc, by
-    p99 for the fixed-rate workloads (fanout, dm). Every run's figures stay
-    in the kept record under `runs`."""
+    round, and keeps each target's median run: by round trips/s for rpc in a
+    closed loop, by server CPU for rpc at a fixed rate, by p99 for the
+    fixed-rate workloads (fanout, dm). Every run's figures stay in the kept
+    record under `runs`."""
     runs = {t: [] for t in targets}
     for i in range(repeat):
         for target in targets:
@@ -681,14 +702,19 @@ def repeated_point(env, workload, targets, p, server_env, repeat):
             time.sleep(env.args.pause)
     kept = []
     for target, rs in runs.items():
-        key = (lambda r: r["received_per_s"]) if workload == "rpc" else (lambda r: r["latency"]["p99_ms"])
+        if workload == "rpc" and p.get("rate"):
+            key = lambda r: srv(r, "cpu_pct") or 0  # noqa: E731
+        elif workload == "rpc":
+            key = lambda r: r["received_per_s"]  # noqa: E731
+        else:
+            key = lambda r: r["latency"]["p99_ms"]  # noqa: E731
         ok = sorted((r for r in rs if not r.get("error")), key=key)
         if not ok:
             kept.append(rs[-1])
             continue
         median = dict(ok[(len(ok) - 1) // 2])
         median["runs"] = [{"received_per_s": r["received_per_s"], "p99_ms": r["latency"]["p99_ms"],
-                           "when": r.get("when")} for r in rs if not r.get("error")]
+                           "cpu_pct": srv(r, "cpu_pct"), "when": r.get("when")} for r in rs if not r.get("error")]
         kept.append(median)
     if not env.args.no_save:
         save(Path(env.args.out), workload, kept, False)
@@ -1037,7 +1063,8 @@ def main():
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between runs")
     ap.add_argument("--repeat", type=int, default=1,
                     help="rpc, fanout, dm: run each point this many times, targets interleaved, and keep each "
-                         "target's median run (rpc by round trips/s, fanout and dm by p99); the record lists every "
+                         "target's median run (rpc by round trips/s, rpc at a fixed --rate by server CPU, fanout "
+                         "and dm by p99); the record lists every "
                          "run (this host's speed drifts by more than the differences being measured)")
     args = ap.parse_args()
     if args.profile is None:
