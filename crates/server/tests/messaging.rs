@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use pubsub_server::{HandlerError, UserId, handler_fn};
+use pubsub_server::{EchoHandler, HandlerError, UserId, handler_fn};
 use serde_json::json;
 
 #[tokio::test]
@@ -181,6 +181,39 @@ async fn send_to_server_resolves_with_the_handlers_value_or_its_error() {
         c.send_to_server(&json!({"type": "NOTHING"})).await.unwrap(),
         serde_json::Value::Null
     );
+}
+
+/// The echo handler's ack carries the action byte for byte as the client
+/// wrote it (spacing, number spelling, escapes), and so does its replay.
+#[tokio::test]
+async fn the_echo_handler_answers_with_the_actions_own_bytes() {
+    let server = TestServer::start(|b| b.handler(EchoHandler)).await;
+    let mut raw = Raw::connect(&server.url, "alice").await;
+    let action = r#"{ "type" : "E", "n": 1.50, "s": "\u00e9\n", "deep": [[{}], -0e+1] }"#;
+    let request = format!(r#"{{"kind":"sendToServer","id":"e1","action":{action}}}"#);
+    let expected = format!(r#"{{"kind":"ack","id":"e1","result":{action}}}"#);
+    for _ in 0..2 {
+        raw.send(&request).await;
+        assert_eq!(next_text(&mut raw.ws).await, expected);
+    }
+}
+
+/// The next text frame that is not a heartbeat ping, as it arrived.
+async fn next_text(ws: &mut RawWs) -> String {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("stream ended")
+            .expect("socket error");
+        if let Message::Text(text) = message
+            && !text.contains(r#""kind":"ping""#)
+        {
+            return text.to_string();
+        }
+    }
 }
 
 #[tokio::test]
