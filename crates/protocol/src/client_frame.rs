@@ -2,8 +2,8 @@
 //! (client side).
 //!
 //! Decoding goes field by field rather than through a tagged serde enum so
-//! that (a) the action stays a borrowed `RawValue` and is never re-serialised,
-//! and (b) an error can still name the request id when another field is bad,
+//! that (a) the action stays borrowed text of the frame, validated (by
+//! `validate`) but never re-serialised, and (b) an error can still name the request id when another field is bad,
 //! which lets the client reject exactly the promise that caused it.
 
 use serde::{Deserialize, Serialize};
