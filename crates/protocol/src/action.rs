@@ -221,13 +221,7 @@ mod tests {
     #[test]
     fn the_type_scan_agrees_with_serde_on_random_objects() {
         use serde_json::{Map, Value, json};
-        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = crate::test_rng::below(0x9E37_79B9_7F4A_7C15_u64);
         let strings = [
             "", "}", "{", "]", "\"", "\\", "a,b", "type", "é", "\u{1}", ":",
         ];

@@ -20,6 +20,8 @@ pub mod limits;
 pub mod presence;
 mod scan;
 pub mod server_frame;
+#[cfg(test)]
+mod test_rng;
 mod validate;
 
 pub use action::{Action, ActionError, ActionRef, RESERVED_PREFIX};

@@ -220,25 +220,23 @@ pub fn encode_ack<T: Serialize + ?Sized>(id: &MessageId, result: &T) -> String {
 
 /// [`encode_ack`] appended to `out`; by hand, like [`write_topic_message`].
 pub fn write_ack<T: Serialize + ?Sized>(out: &mut Vec<u8>, id: &MessageId, result: &T) {
-    out.extend_from_slice(br#"{"kind":""#);
-    out.extend_from_slice(kind::ACK.as_bytes());
-    out.extend_from_slice(br#"","id":"#);
-    write_str(out, id.as_str());
-    out.extend_from_slice(br#","result":"#);
-    write_json(out, result);
-    out.push(b'}');
+    write_ack_with(out, id, |out| write_json(out, result));
 }
 
 /// [`write_ack`] with a result that is already JSON text, copied verbatim.
 /// `result` must be one valid JSON value (the server passes a handler's
 /// reply, valid by construction); nothing here checks it again.
 pub fn write_ack_json(out: &mut Vec<u8>, id: &MessageId, result: &str) {
+    write_ack_with(out, id, |out| out.extend_from_slice(result.as_bytes()));
+}
+
+fn write_ack_with(out: &mut Vec<u8>, id: &MessageId, result: impl FnOnce(&mut Vec<u8>)) {
     out.extend_from_slice(br#"{"kind":""#);
     out.extend_from_slice(kind::ACK.as_bytes());
     out.extend_from_slice(br#"","id":"#);
     write_str(out, id.as_str());
     out.extend_from_slice(br#","result":"#);
-    out.extend_from_slice(result.as_bytes());
+    result(out);
     out.push(b'}');
 }
 
