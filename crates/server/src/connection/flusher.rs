@@ -1,13 +1,16 @@
-//! Write-behind for large fan-outs.
+//! Write-behind for every delivery.
 //!
-//! A publish to thousands of members only queues the frame in each member's
-//! outbox and lists the member here; one flusher task per thread then writes
-//! each listed outbox out — everything it holds, in one vectored write —
-//! a batch at a time, yielding between batches. The publisher's own task and
-//! the flusher take turns, so under a burst the publisher keeps reading and
-//! queueing while the flusher falls behind just enough for several frames to
-//! share each system call (here and at the receiver). No member task is woken
-//! unless its socket is full.
+//! A delivery (a publish to a topic's members, a `sendToUser` to a user's
+//! tabs, a presence event) only queues the frame in each recipient's outbox
+//! and lists the recipient here; one flusher task per thread then writes each
+//! listed outbox out — everything it holds, in one vectored write — a batch
+//! at a time, yielding between batches. The senders' tasks and the flusher
+//! take turns: at a low rate a delivery leaves in the same turn of the
+//! scheduler, and under load the flusher falls behind just enough for
+//! several frames to share each system call (here and at the receiver), so
+//! the cost per delivery falls as the rate rises instead of the backlog
+//! growing in the kernel. No recipient's task is woken unless its socket is
+//! full.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -105,5 +108,96 @@ async fn run(flusher: Arc<Flusher>) {
             }
             tokio::task::yield_now().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::connection::{ClientInfo, Frame};
+
+    /// A released client handle on one end of a real TCP pair, and the other end.
+    async fn client(n: u32) -> (Arc<ClientHandle>, TcpStream) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, peer) = tokio::join!(listener.accept(), peer);
+        let info = ClientInfo {
+            id: pubsub_protocol::ClientId::new(format!("c{n}")).unwrap(),
+            user: pubsub_protocol::UserId::new(format!("u{n}")).unwrap(),
+            remote_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)),
+            connected_at: 0,
+            node: "test".into(),
+        };
+        let handle = Arc::new(ClientHandle::new(
+            info,
+            Arc::new(accepted.unwrap().0),
+            1 << 20,
+        ));
+        handle.outbox().release();
+        (handle, peer.unwrap())
+    }
+
+    fn nothing_to_read(peer: &TcpStream) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(peer.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    #[tokio::test]
+    async fn deliveries_leave_once_the_sender_yields_each_clients_in_order() {
+        let (a, mut peer_a) = client(1).await;
+        let (b, mut peer_b) = client(2).await;
+        // One turn of a sender: nothing is written while it runs...
+        assert!(a.deliver(&Frame::from("a1")));
+        assert!(b.deliver(&Frame::from("b1")));
+        assert!(a.deliver(&Frame::from("a2")));
+        assert!(a.deliver(&Frame::from("a3")));
+        assert!(nothing_to_read(&peer_a) && nothing_to_read(&peer_b));
+        assert_eq!(a.outbox().queued_frames(), 3);
+        // ...and everything is once it yields, without the clients' own tasks
+        // (there are none here) doing anything.
+        let mut got_a = [0u8; 12];
+        let mut got_b = [0u8; 4];
+        let read = async {
+            peer_a.read_exact(&mut got_a).await.unwrap();
+            peer_b.read_exact(&mut got_b).await.unwrap();
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), read)
+            .await
+            .expect("the flusher wrote the deliveries");
+        assert_eq!(&got_a, b"\x81\x02a1\x81\x02a2\x81\x02a3");
+        assert_eq!(&got_b, b"\x81\x02b1");
+        assert_eq!(a.outbox().queued_frames(), 0);
+    }
+
+    #[test]
+    fn outside_a_runtime_a_delivery_is_written_at_once() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (a, peer_a) = rt.block_on(async {
+            let pair = client(3).await;
+            // Lets the driver see the socket writable, as it would long
+            // before any delivery in a server.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            pair
+        });
+        let peer_a = peer_a.into_std().unwrap();
+        peer_a.set_nonblocking(false).unwrap();
+        peer_a
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        // No runtime on this thread, so no flusher: the write happens here.
+        assert!(a.deliver(&Frame::from("x")));
+        let mut got = [0u8; 3];
+        std::io::Read::read_exact(&mut &peer_a, &mut got).unwrap();
+        assert_eq!(&got, b"\x81\x01x");
+        drop(rt);
     }
 }

@@ -56,16 +56,15 @@ impl ClientHandle {
         &self.info.user
     }
 
-    /// Queues a frame for this client. False if it was not queued (the
-    /// client is closing or just overflowed its queue).
-    pub fn deliver(&self, frame: &Frame) -> bool {
-        self.outbox.push(frame.clone())
-    }
-
-    /// Like [`ClientHandle::deliver`], but leaves the write to the thread's
-    /// flusher, which batches it with whatever else is pending for this
-    /// client. For deliveries to many clients at once (topics, announcements).
-    pub fn deliver_batched(self: &Arc<Self>, frame: &Frame) -> bool {
+    /// Queues a frame for this client; the thread's flusher writes it,
+    /// together with whatever else is pending for this client (see
+    /// flusher.rs). False if it was not queued (the client is closing or
+    /// just overflowed its queue).
+    ///
+    /// Every delivery to a client goes this way, whatever sent it: a
+    /// connection's answers to its own requests are the only frames written
+    /// directly.
+    pub fn deliver(self: &Arc<Self>, frame: &Frame) -> bool {
         match self.outbox.push_deferred(frame.clone()) {
             None => false,
             Some(first) => {

@@ -303,6 +303,12 @@ impl Outbox {
         self.wake.notify_one();
     }
 
+    /// Frames waiting to be written.
+    #[cfg(test)]
+    pub(crate) fn queued_frames(&self) -> usize {
+        self.queue.lock().frames.len()
+    }
+
     /// Starts writing, with no first frame.
     #[cfg(test)]
     pub(crate) fn release(&self) {

@@ -30,10 +30,6 @@ use crate::presence::state::{PresenceState, Transition};
 use crate::stats::now_ms;
 use topics::TopicTable;
 
-/// Up to this many topic members a publish writes to each socket itself;
-/// beyond it, delivery is queued for the members' own tasks.
-const DIRECT_WRITE_MEMBERS: usize = 64;
-
 /// How often remembered OFFLINE users are checked for forgetting.
 const SWEEP_PERIOD: Duration = Duration::from_secs(60);
 
@@ -326,7 +322,7 @@ impl Engine for MemoryEngine {
             .inner
             .clients
             .iter()
-            .filter(|c| c.handle.deliver_batched(frame))
+            .filter(|c| c.handle.deliver(frame))
             .count())
     }
 
@@ -486,18 +482,7 @@ impl Engine for MemoryEngine {
         let Some(members) = self.inner.topics.snapshot(topic) else {
             return Ok(0);
         };
-        // Small topics are written to at once; large ones are queued for the
-        // thread's flusher, which batches under load (see deliver_batched).
-        let batched = members.len() > DIRECT_WRITE_MEMBERS;
-        Ok(topics::deliver_all(&members, |m| {
-            Some(m.id()) != except
-                && if batched {
-                    m.deliver_batched(frame)
-                } else {
-                    m.deliver(frame)
-                }
-        })
-        .await)
+        Ok(topics::deliver_all(&members, |m| Some(m.id()) != except && m.deliver(frame)).await)
     }
 
     async fn topic_members(&self, topic: &Topic) -> Result<usize, EngineError> {
