@@ -938,9 +938,20 @@ def report(args):
     labels = sorted({r["target"] for rs in data.values() for r in rs if r["target"].startswith("pubsub")},
                     key=lambda t: (t != "pubsub", t))
     for label in labels:
-        build = next((r.get("server_build") for rs in data.values() for r in rs
-                      if r["target"] == label and r.get("server_build")), "")
-        lines.append(f"### Targets: `{label}`" + (f" ({build})" if build else "") + "\n")
+        # Workloads are re-measured separately, so each may come from a
+        # different build; say which.
+        builds = {}
+        for w, rs in data.items():
+            for r in rs:
+                if r["target"] == label and r.get("server_build"):
+                    ws = builds.setdefault(r["server_build"], [])
+                    if w not in ws:
+                        ws.append(w)
+        lines.append(f"### Targets: `{label}`\n")
+        if builds:
+            lines.append("Builds measured:\n")
+            lines += [f"- {', '.join(ws)}: {b}" for b, ws in sorted(builds.items())]
+            lines.append("")
         lines.append(targets_report(data, label) + "\n")
     for w, rs in data.items():
         rows = [row_for(w, r) for r in sorted(rs, key=lambda r: (r["target"], json.dumps(r.get("sweep"), sort_keys=True)))]
