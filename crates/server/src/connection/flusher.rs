@@ -124,6 +124,10 @@ mod tests {
 
     /// A released client handle on one end of a real TCP pair, and the other end.
     async fn client(n: u32) -> (Arc<ClientHandle>, TcpStream) {
+        client_with_budget(n, 1 << 20).await
+    }
+
+    async fn client_with_budget(n: u32, budget: usize) -> (Arc<ClientHandle>, TcpStream) {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let peer = TcpStream::connect(listener.local_addr().unwrap());
         let (accepted, peer) = tokio::join!(listener.accept(), peer);
@@ -137,7 +141,7 @@ mod tests {
         let handle = Arc::new(ClientHandle::new(
             info,
             Arc::new(accepted.unwrap().0),
-            1 << 20,
+            budget,
         ));
         handle.outbox().release();
         (handle, peer.unwrap())
@@ -173,6 +177,40 @@ mod tests {
         assert_eq!(&got_a, b"\x81\x02a1\x81\x02a2\x81\x02a3");
         assert_eq!(&got_b, b"\x81\x02b1");
         assert_eq!(a.outbox().queued_frames(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_burst_within_one_turn_is_not_held_against_a_client_that_reads() {
+        // Twice its outbound budget reaches a client before the sender
+        // yields. The socket has room for all of it, so the client is no
+        // slow consumer: the outbox must hand the burst to the socket as it
+        // grows rather than hold it all for the flusher's turn.
+        let budget = 64 * 1024;
+        let (a, mut peer_a) = client_with_budget(4, budget).await;
+        // Let the driver see the socket writable, as it is long before any
+        // delivery in a server.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let chunk = "d".repeat(1024);
+        let frames = 2 * budget / 1024;
+        for _ in 0..frames {
+            assert!(
+                a.deliver(&Frame::from(chunk.clone())),
+                "kicked as a slow consumer"
+            );
+        }
+        assert!(!a.is_closed());
+        let mut got = vec![0u8; frames * (4 + 1024)];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            peer_a.read_exact(&mut got),
+        )
+        .await
+        .expect("every delivery arrived")
+        .unwrap();
+        assert!(
+            got.chunks(4 + 1024)
+                .all(|f| f[..4] == [0x81, 126, 4, 0] && f[4..].iter().all(|&b| b == b'd'))
+        );
     }
 
     #[test]

@@ -186,8 +186,11 @@ impl Drop for Corked<'_> {
     }
 }
 
-/// Bytes a corked outbox gathers before it writes anyway.
-const CORK_FLUSH_BYTES: usize = 32 * 1024;
+/// Bytes an outbox gathers while corked, or while its deliveries wait for
+/// the flusher, before it writes anyway: batching saves system calls, but
+/// must not let frames pile up against the slow-consumer budget of a client
+/// that reads fine.
+const EAGER_WRITE_BYTES: usize = 32 * 1024;
 
 /// Most frames handed to one vectored write.
 const MAX_IOV: usize = 64;
@@ -247,19 +250,18 @@ impl Outbox {
             self.wake.notify_one();
             return false;
         }
-        // Corking saves system calls; it must not let answers pile up
-        // against the slow-consumer budget of a client that reads fine.
-        if q.corked && q.bytes >= CORK_FLUSH_BYTES {
+        if q.corked && q.bytes >= EAGER_WRITE_BYTES {
             drop(q);
             self.write_queued();
         }
         true
     }
 
-    /// Queues a frame without writing it. Returns `None` if the connection
-    /// is closing or just overflowed (the frame was dropped), otherwise
-    /// whether the queue was empty — then the caller must arrange for the
-    /// write (see flusher.rs).
+    /// Queues a frame, leaving the write to the caller (see flusher.rs)
+    /// unless [`EAGER_WRITE_BYTES`] have gathered. Returns `None` if the
+    /// connection is closing or just overflowed (the frame was dropped),
+    /// otherwise whether the queue was empty — then the caller must arrange
+    /// for the write.
     pub(crate) fn push_deferred(&self, frame: Frame) -> Option<bool> {
         let mut q = self.queue.lock();
         if q.kicked.is_some() {
@@ -271,6 +273,10 @@ impl Outbox {
             drop(q);
             self.wake.notify_one();
             return None;
+        }
+        if !q.held && q.bytes >= EAGER_WRITE_BYTES {
+            drop(q);
+            self.write_queued();
         }
         Some(first)
     }

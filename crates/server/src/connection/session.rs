@@ -144,7 +144,7 @@ pub(super) async fn run(
                 match read(socket, &mut parser, config.max_message_bytes, &mut incoming) {
                     Ok(Read::Data) => last_inbound = Instant::now(),
                     Ok(Read::Nothing) => continue,
-                                        Ok(Read::Eof) => return End::Failed,
+                    Ok(Read::Eof) => return End::Failed,
                     Err(ReadError::Io(e)) => {
                         tracing::debug!(client = %handle.id(), error = %e, "read failed");
                         return End::Failed;
