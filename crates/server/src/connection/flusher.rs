@@ -147,6 +147,13 @@ mod tests {
         (handle, peer.unwrap())
     }
 
+    /// Lets the runtime's driver see freshly accepted sockets writable, as
+    /// it has long before any delivery in a server (until then a write
+    /// through tokio is refused as would-block without being tried).
+    async fn settle_readiness() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
     fn nothing_to_read(peer: &TcpStream) -> bool {
         let mut probe = [0u8; 1];
         matches!(peer.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
@@ -156,6 +163,7 @@ mod tests {
     async fn deliveries_leave_once_the_sender_yields_each_clients_in_order() {
         let (a, mut peer_a) = client(1).await;
         let (b, mut peer_b) = client(2).await;
+        settle_readiness().await;
         // One turn of a sender: nothing is written while it runs...
         assert!(a.deliver(&Frame::from("a1")));
         assert!(b.deliver(&Frame::from("b1")));
@@ -187,9 +195,7 @@ mod tests {
         // grows rather than hold it all for the flusher's turn.
         let budget = 64 * 1024;
         let (a, mut peer_a) = client_with_budget(4, budget).await;
-        // Let the driver see the socket writable, as it is long before any
-        // delivery in a server.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        settle_readiness().await;
         let chunk = "d".repeat(1024);
         let frames = 2 * budget / 1024;
         for _ in 0..frames {
@@ -221,9 +227,7 @@ mod tests {
             .unwrap();
         let (a, peer_a) = rt.block_on(async {
             let pair = client(3).await;
-            // Lets the driver see the socket writable, as it would long
-            // before any delivery in a server.
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            settle_readiness().await;
             pair
         });
         let peer_a = peer_a.into_std().unwrap();

@@ -5,8 +5,9 @@
 //! - mod.rs: the session's life — register, welcome, run, unregister, close.
 //! - session.rs: the loop — read and dispatch, heartbeat, limits, drain.
 //! - wire.rs: RFC 6455 framing. reader.rs: reads through a per-thread buffer.
-//! - outbox.rs: direct writes, and the bounded queue for what the socket
-//!   did not take. flusher.rs: write-behind for every delivery.
+//! - outbox.rs: a connection's own answers written directly, and the bounded
+//!   queue for deliveries and for what the socket did not take.
+//!   flusher.rs: write-behind for every delivery.
 //! - handle.rs: what engines hold. budget.rs: token buckets.
 
 #[cfg(test)]
