@@ -3,8 +3,9 @@
 //!
 //! Decoding goes field by field rather than through a tagged serde enum so
 //! that (a) the action stays borrowed text of the frame, validated (by
-//! `validate`) but never re-serialised, and (b) an error can still name the request id when another field is bad,
-//! which lets the client reject exactly the promise that caused it.
+//! `validate`) but never re-serialised, and (b) an error can still name the
+//! request id when another field is bad, which lets the client reject
+//! exactly the promise that caused it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

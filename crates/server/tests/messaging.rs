@@ -194,25 +194,7 @@ async fn the_echo_handler_answers_with_the_actions_own_bytes() {
     let expected = format!(r#"{{"kind":"ack","id":"e1","result":{action}}}"#);
     for _ in 0..2 {
         raw.send(&request).await;
-        assert_eq!(next_text(&mut raw.ws).await, expected);
-    }
-}
-
-/// The next text frame that is not a heartbeat ping, as it arrived.
-async fn next_text(ws: &mut RawWs) -> String {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("timed out waiting for a frame")
-            .expect("stream ended")
-            .expect("socket error");
-        if let Message::Text(text) = message
-            && !text.contains(r#""kind":"ping""#)
-        {
-            return text.to_string();
-        }
+        assert_eq!(raw.next_text().await, expected);
     }
 }
 

@@ -117,7 +117,7 @@ mod tests {
     use std::net::{Ipv4Addr, SocketAddr};
 
     use tokio::io::AsyncReadExt;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpStream;
 
     use super::*;
     use crate::connection::{ClientInfo, Frame};
@@ -128,9 +128,7 @@ mod tests {
     }
 
     async fn client_with_budget(n: u32, budget: usize) -> (Arc<ClientHandle>, TcpStream) {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let peer = TcpStream::connect(listener.local_addr().unwrap());
-        let (accepted, peer) = tokio::join!(listener.accept(), peer);
+        let (server, peer) = super::super::outbox::tests::pair().await;
         let info = ClientInfo {
             id: pubsub_protocol::ClientId::new(format!("c{n}")).unwrap(),
             user: pubsub_protocol::UserId::new(format!("u{n}")).unwrap(),
@@ -138,13 +136,9 @@ mod tests {
             connected_at: 0,
             node: "test".into(),
         };
-        let handle = Arc::new(ClientHandle::new(
-            info,
-            Arc::new(accepted.unwrap().0),
-            budget,
-        ));
+        let handle = Arc::new(ClientHandle::new(info, server, budget));
         handle.outbox().release();
-        (handle, peer.unwrap())
+        (handle, peer)
     }
 
     /// Lets the runtime's driver see freshly accepted sockets writable, as

@@ -131,12 +131,22 @@ impl Raw {
         next_json(&mut self.ws).await
     }
 
+    /// The same frame as [`Raw::next`], as the text that arrived.
+    pub async fn next_text(&mut self) -> String {
+        next_text(&mut self.ws).await
+    }
+
     pub async fn expect_close(&mut self) -> (u16, String) {
         expect_close(&mut self.ws).await
     }
 }
 
 pub async fn next_json(ws: &mut RawWs) -> Value {
+    serde_json::from_str(&next_text(ws).await).unwrap()
+}
+
+/// The next text frame that is not a heartbeat ping, exactly as it arrived.
+pub async fn next_text(ws: &mut RawWs) -> String {
     loop {
         let message = tokio::time::timeout(WAIT, ws.next())
             .await
@@ -147,7 +157,7 @@ pub async fn next_json(ws: &mut RawWs) -> Value {
             Message::Text(text) => {
                 let value: Value = serde_json::from_str(&text).unwrap();
                 if value["kind"] != "ping" {
-                    return value;
+                    return text.to_string();
                 }
             }
             Message::Close(frame) => panic!("closed: {frame:?}"),
