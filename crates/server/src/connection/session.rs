@@ -5,13 +5,15 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use pubsub_protocol::server_frame::{PING_FRAME, encode_pong};
-use pubsub_protocol::{ClientFrame, ErrorCode, MessageId, Sender, close, decode_client_frame};
+use pubsub_protocol::{
+    ClientFrame, ErrorCode, MessageId, Request, Sender, close, decode_client_frame,
+};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
 
@@ -93,28 +95,45 @@ pub(super) async fn run(
     let woken = outbox.woken();
     tokio::pin!(woken);
 
-    // Frames the client sent right behind its handshake.
-    if !leftover.is_empty() {
-        if let Err(e) = parser.feed(&leftover, config.max_message_bytes, &mut incoming) {
-            return End::from_wire(e);
-        }
-        for message in incoming.drain(..) {
-            let end = Box::pin(on_message(
-                hub,
-                handle,
-                &mut caller,
-                &mut limits,
-                &mut in_flight,
-                message,
-            ))
-            .await;
-            if let Some(end) = end {
-                return end;
-            }
-        }
+    // Frames the client sent right behind its handshake: answered on the
+    // loop's first turn.
+    if !leftover.is_empty()
+        && let Err(e) = parser.feed(&leftover, config.max_message_bytes, &mut incoming)
+    {
+        return End::from_wire(e);
     }
 
     loop {
+        if !incoming.is_empty() {
+            // Several frames in one read: answer them in one write.
+            let _corked = (incoming.len() > 1).then(|| outbox.cork());
+            // Borrowed, not drained: a frame waited on below stays where
+            // it is instead of in this task's state, which every
+            // connection carries.
+            for message in &incoming {
+                let deferred = match on_message(
+                    hub,
+                    handle,
+                    &mut caller,
+                    &mut limits,
+                    &mut in_flight,
+                    message,
+                ) {
+                    Ok(None) => continue,
+                    Ok(Some(end)) => return end,
+                    Err(deferred) => deferred,
+                };
+                Box::pin(on_deferred(
+                    hub,
+                    handle,
+                    &mut caller,
+                    &mut in_flight,
+                    deferred,
+                ))
+                .await;
+            }
+            incoming.clear();
+        }
         let draining = drain_deadline.is_some();
         let can_read = !draining && in_flight.len() < config.max_in_flight_per_connection;
         tokio::select! {
@@ -150,14 +169,6 @@ pub(super) async fn run(
                         return End::Failed;
                     }
                     Err(ReadError::Wire(e)) => return End::from_wire(e),
-                }
-                // Several frames in one read: answer them in one write.
-                let _corked = (incoming.len() > 1).then(|| outbox.cork());
-                for message in incoming.drain(..) {
-                    let end = Box::pin(on_message(hub, handle, &mut caller, &mut limits, &mut in_flight, message)).await;
-                    if let Some(end) = end {
-                        return end;
-                    }
                 }
             }
             () = &mut heartbeat => {
@@ -212,45 +223,58 @@ async fn write_out(outbox: &Outbox, write_timeout: std::time::Duration) -> Resul
     }
 }
 
-async fn on_message(
-    hub: &Arc<Hub>,
-    handle: &Arc<ClientHandle>,
-    caller: &mut Caller,
-    limits: &mut Limits,
-    in_flight: &mut InFlight,
-    message: Incoming,
-) -> Option<End> {
-    match message {
-        Incoming::Text(text) => on_text(hub, handle, caller, limits, in_flight, &text).await,
-        Incoming::Binary(_) => on_invalid(
-            hub,
-            handle.outbox(),
-            limits,
-            None,
-            ErrorCode::MalformedFrame,
-            "binary frames are not part of pubsub.v1.json",
-        ),
-        Incoming::Ping(payload) => {
-            handle.outbox().push(Frame::raw(ws_pong(&payload)));
-            None
-        }
-        Incoming::Pong => None,
-        Incoming::Close(code) => Some(End::ClientClosed(code)),
-    }
+/// A frame that has to wait on the engine or on presence before it is
+/// answered: decoded, and past the rate limit.
+enum Deferred<'m> {
+    Request(Request<'m>),
+    Activity { id: Option<MessageId>, active: bool },
 }
 
-async fn on_text(
+/// Handles one frame as far as it can without waiting: everything but the
+/// requests that need the engine (and activity, which updates presence),
+/// which come back to be awaited in [`on_deferred`]. Plain code rather than
+/// an `async fn`, so the frames sent most often (`sendToServer`, pings)
+/// cost no boxed future; `Ok` carries how the session ends, if it does.
+fn on_message<'m>(
     hub: &Arc<Hub>,
     handle: &Arc<ClientHandle>,
     caller: &mut Caller,
     limits: &mut Limits,
     in_flight: &mut InFlight,
-    text: &str,
-) -> Option<End> {
+    message: &'m Incoming,
+) -> Result<Option<End>, Deferred<'m>> {
     let outbox = handle.outbox();
+    let text = match message {
+        Incoming::Text(text) => text,
+        Incoming::Binary(_) => {
+            return Ok(on_invalid(
+                hub,
+                outbox,
+                limits,
+                None,
+                ErrorCode::MalformedFrame,
+                "binary frames are not part of pubsub.v1.json",
+            ));
+        }
+        Incoming::Ping(payload) => {
+            outbox.push(Frame::raw(ws_pong(payload)));
+            return Ok(None);
+        }
+        Incoming::Pong => return Ok(None),
+        Incoming::Close(code) => return Ok(Some(End::ClientClosed(*code))),
+    };
     let frame = match decode_client_frame(text, &hub.decode_limits) {
         Ok(frame) => frame,
-        Err(e) => return on_invalid(hub, outbox, limits, e.id.as_ref(), e.code, &e.message),
+        Err(e) => {
+            return Ok(on_invalid(
+                hub,
+                outbox,
+                limits,
+                e.id.as_ref(),
+                e.code,
+                &e.message,
+            ));
+        }
     };
     match frame {
         ClientFrame::Activity { id, active } => {
@@ -258,11 +282,9 @@ async fn on_text(
                 if let Some(id) = id {
                     outbox.push(rate_limited(hub, &id));
                 }
-                return None;
+                return Ok(None);
             }
-            if let Some(answer) = hub.activity(handle, id.as_ref(), active).await {
-                outbox.push(answer);
-            }
+            return Err(Deferred::Activity { id, active });
         }
         ClientFrame::Pong => {
             hub.stats.messages_in.pong.fetch_add(1, Ordering::Relaxed);
@@ -275,26 +297,63 @@ async fn on_text(
         ClientFrame::Request(request) => {
             if !allow(&mut limits.requests) {
                 outbox.push(rate_limited(hub, request.id()));
-                return None;
+                return Ok(None);
             }
-            match hub.handle_request(handle, caller, request).await {
-                Answer::Now(frame) => {
-                    outbox.push(frame);
-                }
-                Answer::Call(mut call) => {
-                    match std::future::poll_fn(|cx| Poll::Ready(call.poll_frame(cx))).await {
-                        Poll::Ready(frame) => {
-                            outbox.push(frame);
-                        }
-                        Poll::Pending => in_flight.push(call.into_waiting()),
-                    }
-                }
-                // A retry waiting for its first attempt, which is still running.
-                Answer::Later(answer) => in_flight.push(answer),
+            match hub.answer_now(handle, caller, request) {
+                Ok(answer) => send_answer(outbox, in_flight, answer),
+                Err(request) => return Err(Deferred::Request(request)),
             }
         }
     }
-    None
+    Ok(None)
+}
+
+/// The rest of a frame [`on_message`] could not finish.
+async fn on_deferred(
+    hub: &Arc<Hub>,
+    handle: &Arc<ClientHandle>,
+    caller: &mut Caller,
+    in_flight: &mut InFlight,
+    deferred: Deferred<'_>,
+) {
+    let outbox = handle.outbox();
+    match deferred {
+        Deferred::Activity { id, active } => {
+            if let Some(answer) = hub.activity(handle, id.as_ref(), active).await {
+                outbox.push(answer);
+            }
+        }
+        Deferred::Request(request) => {
+            let answer = hub.handle_request(handle, caller, request).await;
+            send_answer(outbox, in_flight, answer);
+        }
+    }
+}
+
+/// Sends an answer that is ready; one that is not waits in `in_flight`.
+fn send_answer(outbox: &Outbox, in_flight: &mut InFlight, answer: Answer) {
+    // A frame the outbox refuses is dropped with it: the connection is
+    // closing or was just closed as a slow consumer.
+    match answer {
+        Answer::Now(frame) => {
+            outbox.push(frame);
+        }
+        Answer::Call(mut call) => {
+            // Most handlers answer on their first poll. One that does not
+            // goes to `in_flight`, which polls it again, with this task's
+            // waker, before the task next sleeps: the no-op waker here is
+            // never the one a wake-up is owed to.
+            let mut cx = Context::from_waker(Waker::noop());
+            match call.poll_frame(&mut cx) {
+                Poll::Ready(frame) => {
+                    outbox.push(frame);
+                }
+                Poll::Pending => in_flight.push(call.into_waiting()),
+            }
+        }
+        // A retry waiting for its first attempt, which is still running.
+        Answer::Later(answer) => in_flight.push(answer),
+    }
 }
 
 fn rate_limited(hub: &Hub, id: &MessageId) -> Frame {

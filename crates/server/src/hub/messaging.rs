@@ -48,27 +48,28 @@ impl Serialize for Recipients<'_> {
 type Outcome = (Frame, bool);
 
 impl Hub {
-    pub(super) async fn handle_messaging(
+    /// Looks `id` up in the retry window: the ticket of a first attempt, or
+    /// the answer a retry gets (the remembered outcome, or the first
+    /// attempt's once it ends).
+    fn begin_retryable(
         self: &Arc<Self>,
-        client: &Arc<ClientHandle>,
         caller: &mut Caller,
-        request: Request<'_>,
-    ) -> Answer {
-        let sender = &caller.sender;
-        let begin = self
+        id: &MessageId,
+    ) -> Result<Ticket, Answer> {
+        match self
             .retry_window
-            .begin(&mut caller.retry_slot, &sender.user, request.id());
-        let ticket = match begin {
-            Begin::New(ticket) => ticket,
+            .begin(&mut caller.retry_slot, &caller.sender.user, id)
+        {
+            Begin::New(ticket) => Ok(ticket),
             Begin::Replay(frame) => {
                 self.stats.retries_replayed.fetch_add(1, Ordering::Relaxed);
-                return Answer::Now(frame);
+                Err(Answer::Now(frame))
             }
             Begin::Wait(first_attempt) => {
                 self.stats.retries_replayed.fetch_add(1, Ordering::Relaxed);
                 let hub = self.clone();
-                let id = request.id().clone();
-                return Answer::Later(Box::pin(async move {
+                let id = id.clone();
+                Err(Answer::Later(Box::pin(async move {
                     match first_attempt.await {
                         Ok(frame) => frame,
                         Err(_) => hub.error_frame(
@@ -77,9 +78,39 @@ impl Hub {
                             "the first attempt with this id was abandoned; retry",
                         ),
                     }
-                }));
+                })))
             }
+        }
+    }
+
+    /// `sendToServer`: waits on nothing before the handler's first poll, so
+    /// it is answered without an `async` frame of its own (see
+    /// [`Hub::answer_now`]).
+    pub(super) fn send_to_server(
+        self: &Arc<Self>,
+        client: &Arc<ClientHandle>,
+        caller: &mut Caller,
+        id: MessageId,
+        action: &ActionRef<'_>,
+    ) -> Answer {
+        match self.begin_retryable(caller, &id) {
+            Ok(ticket) => self.call_handler(ticket, client, id, action),
+            Err(answer) => answer,
+        }
+    }
+
+    /// `broadcast`, `sendToUser` and `publish`, which wait on the engine.
+    pub(super) async fn handle_messaging(
+        self: &Arc<Self>,
+        client: &Arc<ClientHandle>,
+        caller: &mut Caller,
+        request: Request<'_>,
+    ) -> Answer {
+        let ticket = match self.begin_retryable(caller, request.id()) {
+            Ok(ticket) => ticket,
+            Err(answer) => return answer,
         };
+        let sender = &caller.sender;
         let outcome = match request {
             Request::Broadcast { id, action } => self.route_broadcast(sender, &id, &action).await,
             Request::SendToUser { id, to, action } => {
@@ -93,9 +124,6 @@ impl Hub {
             } => {
                 self.route_publish(client, sender, &id, &topic, &action, echo)
                     .await
-            }
-            Request::SendToServer { id, action } => {
-                return self.call_handler(ticket, client, id, &action);
             }
             other => (
                 self.error_frame(
