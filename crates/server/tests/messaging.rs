@@ -445,3 +445,74 @@ async fn sends_from_one_sender_arrive_in_order() {
         assert_eq!(recv(&mut rx).await.action["i"], i);
     }
 }
+
+/// A text frame as a client must send it: masked (RFC 6455 §5.3).
+fn masked_text(payload: &str) -> Vec<u8> {
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    assert!(payload.len() < 126, "short frames only");
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&key);
+    frame.extend(payload.bytes().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
+}
+
+#[tokio::test]
+async fn requests_sent_in_the_same_write_as_the_handshake_are_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let server = TestServer::start(|b| b.handler(EchoHandler)).await;
+    let tab = server.client("A").await;
+    let mut tab_inbox = inbox(&tab, "HI");
+    // The upgrade request and three requests in one write: one answered in
+    // place (sendToServer), one that waits on the engine (broadcast), and a
+    // second sendToServer behind it.
+    let mut bytes = b"GET /ws?userId=A HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    bytes.extend(masked_text(
+        r#"{"kind":"sendToServer","id":"s1","action":{"type":"E","n":1}}"#,
+    ));
+    bytes.extend(masked_text(
+        r#"{"kind":"broadcast","id":"b1","action":{"type":"HI"}}"#,
+    ));
+    bytes.extend(masked_text(
+        r#"{"kind":"sendToServer","id":"s2","action":{"type":"E","n":2}}"#,
+    ));
+    let mut socket = tokio::net::TcpStream::connect(server.running.local_addr())
+        .await
+        .unwrap();
+    socket.write_all(&bytes).await.unwrap();
+    // The response head, byte by byte so that no frame is read with it.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(
+            tokio::time::timeout(WAIT, socket.read_u8())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        tokio_tungstenite::MaybeTlsStream::Plain(socket),
+        Role::Client,
+        None,
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["kind"], "welcome");
+    let mut answers = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let frame = next_json(&mut ws).await;
+        answers.insert(frame["id"].as_str().unwrap().to_owned(), frame);
+    }
+    assert_eq!(answers["s1"]["result"], json!({"type": "E", "n": 1}));
+    assert_eq!(answers["s2"]["result"], json!({"type": "E", "n": 2}));
+    assert_eq!(answers["b1"]["kind"], "ack", "{}", answers["b1"]);
+    assert_eq!(recv(&mut tab_inbox).await.action["type"], "HI");
+}
