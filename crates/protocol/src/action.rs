@@ -91,8 +91,38 @@ impl<'a> ActionRef<'a> {
 
     pub fn to_owned(&self) -> Action {
         Action {
-            ty: self.ty.clone().into_owned().into_boxed_str(),
+            ty: TypeText::of(&self.ty, self.json),
             json: self.json.into(),
+        }
+    }
+}
+
+/// Where an owned action keeps its `type`: as a span of its JSON when the
+/// JSON spells it plainly (the usual case, one allocation fewer per
+/// action), or unescaped on its own.
+#[derive(Debug, Clone)]
+enum TypeText {
+    Span { start: usize, len: usize },
+    Unescaped(Box<str>),
+}
+
+impl TypeText {
+    fn of(ty: &str, json: &str) -> Self {
+        let start = (ty.as_ptr() as usize).wrapping_sub(json.as_ptr() as usize);
+        match json.get(start..start.wrapping_add(ty.len())) {
+            // The same bytes at the same place: `ty` is a slice of `json`.
+            Some(span) if span.as_ptr() == ty.as_ptr() => Self::Span {
+                start,
+                len: ty.len(),
+            },
+            _ => Self::Unescaped(ty.into()),
+        }
+    }
+
+    fn get<'a>(&'a self, json: &'a str) -> &'a str {
+        match self {
+            Self::Span { start, len } => json.get(*start..start + len).unwrap_or_default(),
+            Self::Unescaped(ty) => ty,
         }
     }
 }
@@ -100,7 +130,7 @@ impl<'a> ActionRef<'a> {
 /// A validated action that owns its JSON.
 #[derive(Debug, Clone)]
 pub struct Action {
-    ty: Box<str>,
+    ty: TypeText,
     /// Valid JSON (an object).
     json: Box<str>,
 }
@@ -115,10 +145,12 @@ impl Action {
 
     /// Validates an owned raw JSON value.
     pub fn from_raw(raw: Box<RawValue>, allow_reserved: bool) -> Result<Self, ActionError> {
-        let ty = ActionRef::parse(&raw, allow_reserved)?
-            .action_type()
-            .to_owned()
-            .into_boxed_str();
+        // A span's offsets hold across the conversion below: it keeps the
+        // same bytes.
+        let ty = TypeText::of(
+            ActionRef::parse(&raw, allow_reserved)?.action_type(),
+            raw.get(),
+        );
         Ok(Self {
             ty,
             json: raw.into(),
@@ -126,7 +158,7 @@ impl Action {
     }
 
     pub fn action_type(&self) -> &str {
-        &self.ty
+        self.ty.get(&self.json)
     }
 
     /// The action's JSON, as it was sent (valid JSON).
@@ -151,7 +183,7 @@ impl Action {
 
     pub fn as_ref(&self) -> ActionRef<'_> {
         ActionRef {
-            ty: Cow::Borrowed(&self.ty),
+            ty: Cow::Borrowed(self.action_type()),
             json: &self.json,
         }
     }
@@ -315,5 +347,26 @@ mod tests {
     fn escaped_type_is_decoded() {
         let r = raw(r#"{"type":"A\u0042"}"#);
         assert_eq!(ActionRef::parse(&r, false).unwrap().action_type(), "AB");
+    }
+
+    #[test]
+    fn an_owned_action_keeps_a_plainly_spelled_type_as_a_span_of_its_json() {
+        let cases = [
+            (r#"{"n":1,"type":"CHAT","m":"CHAT"}"#, "CHAT", true),
+            (r#"{ "type" : "é ü" }"#, "é ü", true),
+            (r#"{"type":"a\"b"}"#, "a\"b", false),
+            (r#"{"type":"\u0041"}"#, "A", false),
+        ];
+        for (text, ty, span) in cases {
+            let from_ref = ActionRef::parse(&raw(text), false).unwrap().to_owned();
+            let from_raw = Action::from_raw(raw(text), false).unwrap();
+            for action in [from_ref, from_raw] {
+                assert_eq!(action.action_type(), ty, "{text}");
+                assert_eq!(matches!(action.ty, TypeText::Span { .. }), span, "{text}");
+                assert_eq!(action.clone().action_type(), ty, "{text}");
+                assert_eq!(action.as_ref().action_type(), ty, "{text}");
+                assert_eq!(action.json(), text);
+            }
+        }
     }
 }
