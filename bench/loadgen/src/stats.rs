@@ -8,9 +8,11 @@
 //! every counted send is either received, or lost/late.
 
 use std::cell::{Cell, RefCell};
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
+use memchr::memmem;
 use serde::{Deserialize, Serialize};
 
 pub fn now_us() -> u64 {
@@ -113,11 +115,15 @@ pub fn connect_failed(msg: String) {
 
 static TS_KEY: &[u8] = b"\"t\":";
 
+/// Built once: `memmem::find_iter` would build (and rank) a new finder for
+/// every payload scanned.
+static TS_FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(TS_KEY));
+
 /// Finds every `"t":<digits>` in a received payload, counts it as one
 /// delivery and records its latency. Returns how many were found (counted or
 /// not). This is the whole receive path: no JSON parsing.
 pub fn scan_deliveries(payload: &[u8], now: u64) -> usize {
-    let finder = memchr::memmem::find_iter(payload, TS_KEY);
+    let finder = TS_FINDER.find_iter(payload);
     let mut found = 0;
     let split = SPLIT.with(|s| s.get());
     STATS.with(|s| {
@@ -259,4 +265,24 @@ pub fn proc_rss_kib(pid: &str) -> Option<u64> {
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_timestamp_in_a_payload_is_found_and_those_in_the_window_counted() {
+        // Thread-local state: each test thread starts from its own.
+        set_window(1_000, 2_000);
+        let payload =
+            br#"{"kind":"message","action":{"type":"e","t":1500}}{"x":{"t":999}}"t":1999,"t":"#;
+        assert_eq!(scan_deliveries(payload, 2_500), 4);
+        STATS.with(|s| {
+            let s = s.borrow();
+            assert_eq!(s.received, 2, "1500 and 1999 are inside [1000, 2000)");
+            assert_eq!(s.hist.len(), 2);
+            assert_eq!(s.hist.max(), 1_000, "latency of the frame stamped 1500");
+        });
+    }
 }

@@ -320,6 +320,14 @@ fn short(payload: &[u8]) -> String {
 }
 
 impl Session {
+    /// Waits until the socket may have data. Through the socket's own reader
+    /// slot rather than `TcpStream::readable()`, which links and unlinks a
+    /// waiter in the socket's list on every call: this is called once per
+    /// loop turn of every connection.
+    pub fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + '_ {
+        std::future::poll_fn(move |cx| self.stream.poll_read_ready(cx))
+    }
+
     /// Connects, completes the target's own handshake and subscriptions.
     pub async fn open(
         target: Target,
@@ -536,7 +544,7 @@ impl Session {
                 self.process_pending(&mut on);
             }
             if outcome.borrow().is_none() && !self.closed {
-                self.stream.readable().await?;
+                self.readable().await?;
                 self.read(&mut on)?;
             }
             self.flush_replies().await?;
@@ -637,7 +645,7 @@ impl Session {
         let _ = self.send(b"\x88\x82\0\0\0\0\x03\xe8").await;
         let _ = tokio::time::timeout(wait, async {
             while !self.closed {
-                if self.stream.readable().await.is_err() {
+                if self.readable().await.is_err() {
                     break;
                 }
                 if self.read(&mut |_| {}).is_err() {

@@ -575,7 +575,7 @@ async fn rpc_closed_inner(
         tokio::select! {
             biased;
             () = &mut deadline => break,
-            r = s.stream.readable() => if r.is_err() { break },
+            r = s.readable() => if r.is_err() { break },
         }
         let read = if pongs {
             s.read_pongs(&mut stamps)
@@ -655,7 +655,7 @@ async fn open_loop(
                 }
                 timer.as_mut().reset(at(next as u64));
             }
-            r = s.stream.readable() => {
+            r = s.readable() => {
                 if r.is_err() || s.read_deliveries().is_err() {
                     break;
                 }
@@ -681,7 +681,7 @@ async fn receive_until(mut s: Session, go: Go, mut on: OnData<'_>) {
         tokio::select! {
             biased;
             () = &mut deadline => break,
-            r = s.stream.readable() => {
+            r = s.readable() => {
                 if r.is_err() {
                     break;
                 }
@@ -712,7 +712,7 @@ async fn slow_reader(mut s: Session, go: Go, ctl: &Ctl) {
         tokio::select! {
             biased;
             () = &mut split => break,
-            r = s.stream.readable() => {
+            r = s.readable() => {
                 if r.is_err() || s.read(&mut |_| {}).is_err() || s.closed {
                     break;
                 }
@@ -735,7 +735,7 @@ async fn slow_reader(mut s: Session, go: Go, ctl: &Ctl) {
     let mut bytes = 0usize;
     let _ = tokio::time::timeout(Duration::from_micros(budget), async {
         while !s.closed {
-            if s.stream.readable().await.is_err() {
+            if s.readable().await.is_err() {
                 break;
             }
             let mut on = |p: &[u8]| bytes += p.len();
@@ -814,7 +814,7 @@ async fn hold_session(mut s: Session, go: Go) -> Option<Session> {
         tokio::select! {
             biased;
             () = &mut deadline => return Some(s),
-            r = s.stream.readable() => {
+            r = s.readable() => {
                 if r.is_err() || s.read(&mut |_| {}).is_err() || s.closed {
                     return None;
                 }
