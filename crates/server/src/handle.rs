@@ -168,10 +168,10 @@ impl ServerHandle {
     /// Starts a graceful shutdown (the original's `disconnect`); see
     /// `RunningServer::shutdown` to also wait for it.
     pub fn shutdown(&self) {
-        self.hub.shutdown.cancel();
+        self.hub.begin_shutdown();
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        self.hub.shutdown.is_cancelled()
+        self.hub.is_shutting_down()
     }
 }

@@ -388,7 +388,7 @@ impl RunningServer {
     /// close every client with 1012 ("reconnect"), and return within
     /// `shutdown_timeout` plus a few seconds for close handshakes.
     pub async fn shutdown(self) -> ShutdownReport {
-        self.hub.shutdown.cancel();
+        self.hub.begin_shutdown();
         self.stopped().await
     }
 

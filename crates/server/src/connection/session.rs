@@ -84,9 +84,9 @@ pub(super) async fn run(
 
     // Waiting on the shared shutdown token: registered once per connection,
     // by polling it here. The registration holds this task's waker (a task's
-    // waker does not change), so the loop below only reads the token's flag
-    // when woken; polling the future again would take the token's lock on
-    // every turn.
+    // waker does not change), so the loop below only reads the hub's
+    // shutdown flag, one atomic load; polling the future again, or the
+    // token's `is_cancelled`, would take the token's lock on every turn.
     let shutdown = hub.shutdown.clone().cancelled_owned();
     tokio::pin!(shutdown);
     let shutting_down =
@@ -147,7 +147,7 @@ pub(super) async fn run(
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
                 outbox.push(answer);
             }
-            () = std::future::poll_fn(|_| if shutting_down || hub.shutdown.is_cancelled() {
+            () = std::future::poll_fn(|_| if shutting_down || hub.is_shutting_down() {
                 Poll::Ready(())
             } else {
                 Poll::Pending

@@ -16,7 +16,7 @@ pub(super) async fn stats(State(hub): State<Arc<Hub>>) -> Json<StatsSnapshot> {
 /// 200 while accepting connections, 503 once shutdown has begun (so load
 /// balancers stop routing new clients here).
 pub(super) async fn health(State(hub): State<Arc<Hub>>) -> (StatusCode, &'static str) {
-    if hub.shutdown.is_cancelled() {
+    if hub.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
     } else {
         (StatusCode::OK, "ok\n")

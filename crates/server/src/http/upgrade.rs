@@ -158,7 +158,7 @@ async fn run_upgraded(
 /// Authenticates and verifies within the handshake timeout. The error is the
 /// close code and reason to send.
 async fn admit(hub: &Hub, handshake: &Handshake) -> Result<Identity, (u16, String)> {
-    if hub.shutdown.is_cancelled() {
+    if hub.is_shutting_down() {
         return Err((close::SERVICE_RESTART, "server shutting down".into()));
     }
     if hub.open_connections.load(Ordering::Relaxed) >= hub.config.max_connections {

@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, CatchUnwind};
+use pubsub_protocol::ErrorCode;
 use pubsub_protocol::server_frame::{ErrorParts, write_error};
-use pubsub_protocol::{ErrorCode, MessageId};
 
 use super::Hub;
 use super::retry_window::Ticket;
@@ -24,22 +24,21 @@ type Call = CatchUnwind<AssertUnwindSafe<BoxFuture<'static, HandlerResult>>>;
 
 pub(crate) struct HandlerCall {
     hub: Arc<Hub>,
-    id: MessageId,
-    ticket: Option<Ticket>,
+    /// Carries the request's id too. Dropped unsettled (the connection went
+    /// away mid-call), it lets a retry run again.
+    ticket: Ticket,
     call: Call,
 }
 
 impl HandlerCall {
     pub(super) fn new(
         hub: Arc<Hub>,
-        id: MessageId,
         ticket: Ticket,
         call: BoxFuture<'static, HandlerResult>,
     ) -> Self {
         Self {
             hub,
-            id,
-            ticket: Some(ticket),
+            ticket,
             call: AssertUnwindSafe(call).catch_unwind(),
         }
     }
@@ -66,7 +65,7 @@ impl HandlerCall {
     /// retry window.
     fn finish(&mut self, outcome: Result<Result<HandlerResult, Box<dyn Any + Send>>, ()>) -> Frame {
         let hub = &self.hub;
-        let id = &self.id;
+        let id = self.ticket.id();
         let (frame, remember) = match outcome {
             Ok(Ok(Ok(reply))) => (hub.ack_json_frame(id, reply.json()), true),
             Ok(Ok(Err(e))) => {
@@ -103,9 +102,7 @@ impl HandlerCall {
                 (frame, false)
             }
         };
-        if let Some(ticket) = self.ticket.take() {
-            ticket.settle(&frame, remember);
-        }
+        self.ticket.settle_in_place(&frame, remember);
         frame
     }
 }

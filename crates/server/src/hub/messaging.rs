@@ -241,11 +241,11 @@ impl Hub {
         let ctx = HandlerContext::new(
             ServerHandle::new(self.clone()),
             client.shared_info().clone(),
-            id.clone(),
+            id,
         );
         let action = action.to_owned();
         // The handler's future borrows the handler; this one owns it.
         let call = Box::pin(async move { handler.handle(ctx, action).await });
-        Answer::Call(HandlerCall::new(self.clone(), id, ticket, call))
+        Answer::Call(HandlerCall::new(self.clone(), ticket, call))
     }
 }

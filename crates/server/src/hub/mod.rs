@@ -11,7 +11,7 @@ mod retry_window;
 mod topics;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use pubsub_protocol::server_frame::{ErrorParts, write_error};
 use pubsub_protocol::{ClientId, DecodeLimits, ErrorCode, MessageId, Sender};
@@ -46,8 +46,11 @@ pub(crate) struct Hub {
     pub(crate) hook_queue: Option<HookQueue>,
     pub(crate) retry_window: RetryWindow,
     pub(crate) stats: Stats,
-    /// Cancelled when graceful shutdown starts.
+    /// Cancelled when graceful shutdown starts (see [`Hub::begin_shutdown`]).
     pub(crate) shutdown: CancellationToken,
+    /// Set just before `shutdown` is cancelled: what a connection's loop
+    /// reads on every turn. The token's own `is_cancelled` takes a lock.
+    shutting_down: AtomicBool,
     /// Every connection task (HTTP and WebSocket), so shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
     pub(crate) decode_limits: DecodeLimits,
@@ -112,6 +115,7 @@ impl Hub {
             retry_window,
             stats: Stats::new(),
             shutdown: CancellationToken::new(),
+            shutting_down: AtomicBool::new(false),
             tasks: TaskTracker::new(),
             open_connections: AtomicUsize::new(0),
             boot: (0..4)
@@ -120,6 +124,18 @@ impl Hub {
             next_client: AtomicU64::new(1),
             next_message: AtomicU64::new(1),
         }
+    }
+
+    /// Starts graceful shutdown: connections drain, listeners stop.
+    pub(crate) fn begin_shutdown(&self) {
+        // Before the cancel, whose wake-ups send tasks to read the flag.
+        self.shutting_down.store(true, Ordering::Release);
+        self.shutdown.cancel();
+    }
+
+    /// Whether graceful shutdown has started; one atomic load.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
     }
 
     /// A client id unique across the cluster and across restarts: node id,

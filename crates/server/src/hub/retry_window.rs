@@ -75,8 +75,11 @@ struct Running {
     waiters: Vec<oneshot::Sender<Frame>>,
 }
 
-#[derive(Default)]
 struct UserWindow {
+    /// Whose outcomes these are, for taking the window out of the node's
+    /// map once it is empty (kept here so a request's ticket need not hold
+    /// a reference of its own).
+    user: UserId,
     running: HashTable<Running>,
     /// Outcomes in the order they were recorded, oldest first.
     remembered: VecDeque<Remembered>,
@@ -114,6 +117,20 @@ fn hash_of(remembered: &VecDeque<Remembered>, first_seq: u64) -> impl Fn(&u64) -
 }
 
 impl UserWindow {
+    fn new(user: UserId) -> Self {
+        Self {
+            user,
+            running: HashTable::new(),
+            remembered: VecDeque::new(),
+            first_seq: 0,
+            index: HashTable::new(),
+            buffer: Vec::new(),
+            forgotten: 0,
+            buffer_start: 0,
+            detached: false,
+        }
+    }
+
     /// Budgeted bytes of the remembered outcomes.
     fn bytes(&self) -> usize {
         self.buffer.len() - self.forgotten + self.remembered.len() * ENTRY_OVERHEAD
@@ -306,7 +323,12 @@ impl RetryWindow {
         }
         let shared = match self.0.users.get(user) {
             Some(shared) => shared.clone(),
-            None => self.0.users.entry(user.clone()).or_default().clone(),
+            None => self
+                .0
+                .users
+                .entry(user.clone())
+                .or_insert_with(|| Arc::new(Mutex::new(UserWindow::new(user.clone()))))
+                .clone(),
         };
         let w = shared.lock_arc();
         slot.0 = Some(shared);
@@ -348,15 +370,15 @@ impl RetryWindow {
         Begin::New(Ticket {
             window: self.clone(),
             user_window: Locked::mutex(&w).clone(),
-            user: user.clone(),
             id: id.clone(),
             hash,
+            began: now,
             settled: false,
         })
     }
 
     fn settle(&self, ticket: &Ticket, outcome: Option<(&Frame, bool)>) {
-        let (user, id, hash) = (&ticket.user, &ticket.id, ticket.hash);
+        let (id, hash) = (&ticket.id, ticket.hash);
         // A window with a request running is never detached.
         let mut w = ticket.user_window.lock();
         let waiters = match w.running.find_entry(hash, |r| r.id == *id) {
@@ -378,7 +400,9 @@ impl RetryWindow {
                 freed += w.forget_oldest();
             }
             if remember && total + cost <= self.0.max_bytes_total + freed {
-                w.remember(Instant::now(), hash, id, frame);
+                // Counted from when the request began: the clock is read
+                // once per request.
+                w.remember(ticket.began, hash, id, frame);
                 self.0.total_bytes.fetch_add(cost, Ordering::Relaxed);
                 while w.bytes() > self.0.max_bytes_per_user {
                     freed += w.forget_oldest();
@@ -386,10 +410,10 @@ impl RetryWindow {
             }
         }
         self.freed(freed);
-        let empty = w.is_empty();
+        let empty = w.is_empty().then(|| w.user.clone());
         drop(w);
-        if empty {
-            self.remove_if_empty(user);
+        if let Some(user) = empty {
+            self.remove_if_empty(&user);
         }
     }
 
@@ -425,17 +449,30 @@ impl RetryWindow {
 pub(crate) struct Ticket {
     window: RetryWindow,
     user_window: Shared,
-    user: UserId,
     id: MessageId,
     hash: u64,
+    began: Instant,
     settled: bool,
 }
 
 impl Ticket {
+    /// The request's id.
+    pub(crate) fn id(&self) -> &MessageId {
+        &self.id
+    }
+
     /// Records the outcome. `remember` is false for retryable failures.
     pub(crate) fn settle(mut self, frame: &Frame, remember: bool) {
-        self.settled = true;
-        self.window.settle(&self, Some((frame, remember)));
+        self.settle_in_place(frame, remember);
+    }
+
+    /// [`Ticket::settle`] for a holder that keeps the ticket; later calls
+    /// do nothing.
+    pub(crate) fn settle_in_place(&mut self, frame: &Frame, remember: bool) {
+        if !self.settled {
+            self.settled = true;
+            self.window.settle(self, Some((frame, remember)));
+        }
     }
 }
 
