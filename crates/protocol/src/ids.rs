@@ -1,14 +1,21 @@
 //! Identifiers that cross the wire: user ids, client ids and message ids.
 //!
-//! All three are cheap to clone (`Arc<str>`) because the server copies them into
-//! routing tables, idempotency records and every delivered frame.
+//! All three are cheap to clone because the server copies them into routing
+//! tables, idempotency records and every delivered frame. User and client
+//! ids are `Arc<str>`: they live as long as connections, which hold several
+//! copies each. A message id lives for one request and is copied a few
+//! times on its way; short ones (up to 23 bytes, which is what clients
+//! send) are stored inline (`SmolStr`), so a request allocates nothing for
+//! its id and copying it touches no shared reference count.
 
 use std::borrow::Borrow;
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use smol_str::SmolStr;
 
 /// Longest user id or message id accepted, in bytes of UTF-8.
 pub const MAX_ID_BYTES: usize = 128;
@@ -43,17 +50,17 @@ fn validate(s: &str) -> Result<(), IdError> {
 }
 
 macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident, accepts_integers = $ints:expr) => {
+    ($(#[$doc:meta])* $name:ident($repr:ty), accepts_integers = $ints:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(Arc<str>);
+        pub struct $name($repr);
 
         impl $name {
             /// Validates and wraps an identifier.
             pub fn new(value: impl AsRef<str>) -> Result<Self, IdError> {
                 let value = value.as_ref();
                 validate(value)?;
-                Ok(Self(Arc::from(value)))
+                Ok(Self(<$repr>::from(value)))
             }
 
             pub fn as_str(&self) -> &str {
@@ -107,7 +114,9 @@ macro_rules! id_type {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                deserializer.deserialize_any(IdVisitor { integers: $ints }).map(Self)
+                deserializer
+                    .deserialize_any(IdVisitor::<$repr>::new($ints))
+                    .map(Self)
             }
         }
     };
@@ -116,20 +125,20 @@ macro_rules! id_type {
 id_type!(
     /// A user's id. The original package accepted strings and numbers; numbers
     /// are carried as their decimal string, so `44` and `"44"` are the same user.
-    UserId,
+    UserId(Arc<str>),
     accepts_integers = true
 );
 
 id_type!(
     /// A connection's id, assigned by the server and unique across a cluster.
-    ClientId,
+    ClientId(Arc<str>),
     accepts_integers = false
 );
 
 id_type!(
     /// A request's id, chosen by the client. It correlates acknowledgements,
     /// responses and errors, and is the idempotency key for retries.
-    MessageId,
+    MessageId(SmolStr),
     accepts_integers = false
 );
 
@@ -207,19 +216,28 @@ impl UserId {
     }
 }
 
-struct IdVisitor {
+/// Reads an id into its representation (`Arc<str>` or `SmolStr`).
+struct IdVisitor<T> {
     integers: bool,
+    repr: PhantomData<T>,
 }
 
-impl IdVisitor {
-    fn checked<E: de::Error>(value: &str) -> Result<Arc<str>, E> {
+impl<T: for<'a> From<&'a str>> IdVisitor<T> {
+    fn new(integers: bool) -> Self {
+        Self {
+            integers,
+            repr: PhantomData,
+        }
+    }
+
+    fn checked<E: de::Error>(value: &str) -> Result<T, E> {
         validate(value).map_err(E::custom)?;
-        Ok(Arc::from(value))
+        Ok(T::from(value))
     }
 }
 
-impl Visitor<'_> for IdVisitor {
-    type Value = Arc<str>;
+impl<T: for<'a> From<&'a str>> Visitor<'_> for IdVisitor<T> {
+    type Value = T;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.integers {
@@ -237,20 +255,47 @@ impl Visitor<'_> for IdVisitor {
         if !self.integers {
             return Err(E::custom(IdError::WrongType));
         }
-        Ok(Arc::from(v.to_string()))
+        Ok(T::from(v.to_string().as_str()))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
         if !self.integers {
             return Err(E::custom(IdError::WrongType));
         }
-        Ok(Arc::from(v.to_string()))
+        Ok(T::from(v.to_string().as_str()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Message ids short enough to be stored inline and long ones on the
+    /// heap read, compare and hash alike, however they were made.
+    #[test]
+    fn message_ids_of_every_length_read_and_compare_alike() {
+        use std::collections::HashSet;
+        let mut seen = HashSet::new();
+        for len in [1, 22, 23, 24, 64, MAX_ID_BYTES] {
+            let text = "m".repeat(len - 1) + "x";
+            let made = MessageId::new(&text).unwrap();
+            let read: MessageId = serde_json::from_str(&format!("\"{text}\"")).unwrap();
+            assert_eq!(made, read);
+            assert_eq!(made.as_str(), text);
+            assert_eq!(made.clone().as_str().len(), len);
+            assert_eq!(serde_json::to_string(&read).unwrap(), format!("\"{text}\""));
+            assert!(seen.insert(made.clone()));
+            assert!(
+                seen.contains(text.as_str()),
+                "Borrow<str> must hash as the id does"
+            );
+        }
+        assert_eq!(
+            MessageId::new("m".repeat(MAX_ID_BYTES + 1)),
+            Err(IdError::TooLong)
+        );
+        assert!(serde_json::from_str::<MessageId>("7").is_err());
+    }
 
     #[test]
     fn topic_names_follow_the_charset() {
