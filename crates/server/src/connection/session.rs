@@ -300,7 +300,7 @@ fn on_message<'m>(
                 return Ok(None);
             }
             match hub.answer_now(handle, caller, request) {
-                Ok(answer) => send_answer(outbox, in_flight, answer),
+                Ok(answer) => send_answer(hub, outbox, in_flight, answer),
                 Err(request) => return Err(Deferred::Request(request)),
             }
         }
@@ -325,13 +325,13 @@ async fn on_deferred(
         }
         Deferred::Request(request) => {
             let answer = hub.handle_request(handle, caller, request).await;
-            send_answer(outbox, in_flight, answer);
+            send_answer(hub, outbox, in_flight, answer);
         }
     }
 }
 
 /// Sends an answer that is ready; one that is not waits in `in_flight`.
-fn send_answer(outbox: &Outbox, in_flight: &mut InFlight, answer: Answer) {
+fn send_answer(hub: &Arc<Hub>, outbox: &Outbox, in_flight: &mut InFlight, answer: Answer) {
     // A frame the outbox refuses is dropped with it: the connection is
     // closing or was just closed as a slow consumer.
     match answer {
@@ -344,11 +344,11 @@ fn send_answer(outbox: &Outbox, in_flight: &mut InFlight, answer: Answer) {
             // waker, before the task next sleeps: the no-op waker here is
             // never the one a wake-up is owed to.
             let mut cx = Context::from_waker(Waker::noop());
-            match call.poll_frame(&mut cx) {
+            match call.poll_frame(hub, &mut cx) {
                 Poll::Ready(frame) => {
                     outbox.push(frame);
                 }
-                Poll::Pending => in_flight.push(call.into_waiting()),
+                Poll::Pending => in_flight.push(call.into_waiting(hub.clone())),
             }
         }
         // A retry waiting for its first attempt, which is still running.

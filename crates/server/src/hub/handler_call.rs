@@ -23,7 +23,6 @@ use crate::handler::HandlerResult;
 type Call = CatchUnwind<AssertUnwindSafe<BoxFuture<'static, HandlerResult>>>;
 
 pub(crate) struct HandlerCall {
-    hub: Arc<Hub>,
     /// Carries the request's id too. Dropped unsettled (the connection went
     /// away mid-call), it lets a retry run again.
     ticket: Ticket,
@@ -31,13 +30,8 @@ pub(crate) struct HandlerCall {
 }
 
 impl HandlerCall {
-    pub(super) fn new(
-        hub: Arc<Hub>,
-        ticket: Ticket,
-        call: BoxFuture<'static, HandlerResult>,
-    ) -> Self {
+    pub(super) fn new(ticket: Ticket, call: BoxFuture<'static, HandlerResult>) -> Self {
         Self {
-            hub,
             ticket,
             call: AssertUnwindSafe(call).catch_unwind(),
         }
@@ -45,26 +39,33 @@ impl HandlerCall {
 
     /// Polls the handler; once it answered, the answer's frame (settled in
     /// the retry window).
-    pub(crate) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Frame> {
+    ///
+    /// The hub is lent rather than held: most calls end here, and a
+    /// reference of their own would be two locked instructions on a count
+    /// every worker thread shares.
+    pub(crate) fn poll_frame(&mut self, hub: &Hub, cx: &mut Context<'_>) -> Poll<Frame> {
         Pin::new(&mut self.call)
             .poll(cx)
-            .map(|outcome| self.finish(Ok(outcome)))
+            .map(|outcome| self.finish(hub, Ok(outcome)))
     }
 
     /// The call as a future bounded by the handler timeout, for a handler
     /// that did not answer at once.
-    pub(crate) fn into_waiting(mut self) -> BoxFuture<'static, Frame> {
+    pub(crate) fn into_waiting(mut self, hub: Arc<Hub>) -> BoxFuture<'static, Frame> {
         Box::pin(async move {
-            let timeout = self.hub.config.handler_timeout();
+            let timeout = hub.config.handler_timeout();
             let outcome = tokio::time::timeout(timeout, &mut self.call).await;
-            self.finish(outcome.map_err(|_| ()))
+            self.finish(&hub, outcome.map_err(|_| ()))
         })
     }
 
     /// The frame for how the call ended (`Err` = timed out), settled in the
     /// retry window.
-    fn finish(&mut self, outcome: Result<Result<HandlerResult, Box<dyn Any + Send>>, ()>) -> Frame {
-        let hub = &self.hub;
+    fn finish(
+        &mut self,
+        hub: &Hub,
+        outcome: Result<Result<HandlerResult, Box<dyn Any + Send>>, ()>,
+    ) -> Frame {
         let id = self.ticket.id();
         let (frame, remember) = match outcome {
             Ok(Ok(Ok(reply))) => (hub.ack_json_frame(id, reply.json()), true),

@@ -246,6 +246,6 @@ impl Hub {
         let action = action.to_owned();
         // The handler's future borrows the handler; this one owns it.
         let call = Box::pin(async move { handler.handle(ctx, action).await });
-        Answer::Call(HandlerCall::new(self.clone(), ticket, call))
+        Answer::Call(HandlerCall::new(ticket, call))
     }
 }
