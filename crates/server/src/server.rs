@@ -350,7 +350,7 @@ async fn sweep_retry_window(hub: Arc<Hub>) {
     let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {
-            () = hub.shutdown.cancelled() => return,
+            () = hub.shutdown_started() => return,
             _ = tick.tick() => hub.retry_window.sweep(),
         }
     }
@@ -394,7 +394,7 @@ impl RunningServer {
 
     /// Waits for a shutdown started elsewhere (`ServerHandle::shutdown`) to finish.
     pub async fn stopped(self) -> ShutdownReport {
-        self.hub.shutdown.cancelled().await;
+        self.hub.shutdown_started().await;
         for accept in self.accept {
             let _ = accept.await;
         }

@@ -87,10 +87,15 @@ pub(super) async fn run(
     // waker does not change), so the loop below only reads the hub's
     // shutdown flag, one atomic load; polling the future again, or the
     // token's `is_cancelled`, would take the token's lock on every turn.
-    let shutdown = hub.shutdown.clone().cancelled_owned();
+    // (A token already cancelled is seen through the flag, which is set
+    // first.)
+    let shutdown = hub.shutdown_started_owned();
     tokio::pin!(shutdown);
-    let shutting_down =
-        std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
+    std::future::poll_fn(|cx| {
+        let _ = shutdown.as_mut().poll(cx);
+        Poll::Ready(())
+    })
+    .await;
     let mut drain_deadline: Option<Pin<Box<Sleep>>> = None;
     let woken = outbox.woken();
     tokio::pin!(woken);
@@ -147,7 +152,7 @@ pub(super) async fn run(
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
                 outbox.push(answer);
             }
-            () = std::future::poll_fn(|_| if shutting_down || hub.is_shutting_down() {
+            () = std::future::poll_fn(|_| if hub.is_shutting_down() {
                 Poll::Ready(())
             } else {
                 Poll::Pending

@@ -24,7 +24,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub(crate) async fn accept_loop(listener: TcpListener, router: Router, hub: Arc<Hub>) {
     loop {
         let accepted = tokio::select! {
-            () = hub.shutdown.cancelled() => break,
+            () = hub.shutdown_started() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -63,7 +63,7 @@ async fn serve_http(stream: TcpStream, remote_addr: SocketAddr, router: Router, 
                 tracing::debug!(%remote_addr, error = %e, "http connection ended with an error");
             }
         }
-        () = hub.shutdown.cancelled() => {
+        () = hub.shutdown_started() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }

@@ -56,7 +56,7 @@ pub(crate) async fn run_hooks(hub: Arc<Hub>) {
     let mut changes = hub.engine.status_changes();
     loop {
         tokio::select! {
-            () = hub.shutdown.cancelled() => return,
+            () = hub.shutdown_started() => return,
             event = events.recv() => match event {
                 Some(HookEvent::Connect(client, presence)) => hooks.on_connect(&client, &presence).await,
                 Some(HookEvent::Disconnect(client, presence)) => hooks.on_disconnect(&client, &presence).await,

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use pubsub_protocol::server_frame::{ErrorParts, write_error};
 use pubsub_protocol::{ClientId, DecodeLimits, ErrorCode, MessageId, Sender};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{
+    CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned,
+};
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Authenticator, VerifyClient};
@@ -46,8 +48,9 @@ pub(crate) struct Hub {
     pub(crate) hook_queue: Option<HookQueue>,
     pub(crate) retry_window: RetryWindow,
     pub(crate) stats: Stats,
-    /// Cancelled when graceful shutdown starts (see [`Hub::begin_shutdown`]).
-    pub(crate) shutdown: CancellationToken,
+    /// Cancelled when graceful shutdown starts, only by
+    /// [`Hub::begin_shutdown`], which sets `shutting_down` first.
+    shutdown: CancellationToken,
     /// Set just before `shutdown` is cancelled: what a connection's loop
     /// reads on every turn. The token's own `is_cancelled` takes a lock.
     shutting_down: AtomicBool,
@@ -131,6 +134,16 @@ impl Hub {
         // Before the cancel, whose wake-ups send tasks to read the flag.
         self.shutting_down.store(true, Ordering::Release);
         self.shutdown.cancel();
+    }
+
+    /// Resolves once graceful shutdown has started.
+    pub(crate) fn shutdown_started(&self) -> WaitForCancellationFuture<'_> {
+        self.shutdown.cancelled()
+    }
+
+    /// The same, as a future that owns its share of the token.
+    pub(crate) fn shutdown_started_owned(&self) -> WaitForCancellationFutureOwned {
+        self.shutdown.clone().cancelled_owned()
     }
 
     /// Whether graceful shutdown has started; one atomic load.

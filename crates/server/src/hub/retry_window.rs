@@ -401,10 +401,10 @@ impl RetryWindow {
             }
             if remember && total + cost <= self.0.max_bytes_total + freed {
                 // Counted from when the request began: the clock is read
-                // once per request. Expiry goes in settling order, so an
-                // outcome settled after a longer-running one that began
-                // later is kept past the window by at most that overlap
-                // (the handler timeout bounds it); never less.
+                // once per request. Expiry goes in settling order, so the
+                // outcome of a request that ran long and settled behind
+                // one that began later is kept past the window by at most
+                // how long it ran; never less.
                 w.remember(ticket.began, hash, id, frame);
                 self.0.total_bytes.fetch_add(cost, Ordering::Relaxed);
                 while w.bytes() > self.0.max_bytes_per_user {
