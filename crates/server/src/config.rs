@@ -52,8 +52,11 @@ pub struct ServerConfig {
     /// How long a request's outcome is remembered for retries with the same id.
     pub retry_window_ms: u64,
     /// Memory for remembered outcomes per user; the oldest are forgotten first.
+    /// Each outcome counts its id and frame bytes plus 64; with the buffer's
+    /// spare capacity and the index, a full window holds up to about 1.4× this.
     pub retry_window_max_bytes_per_user: usize,
-    /// Memory for remembered outcomes on this node, all users together.
+    /// Memory for remembered outcomes on this node, all users together,
+    /// counted as for the per-user budget.
     pub retry_window_max_bytes: usize,
     /// Longest a graceful shutdown waits for in-flight work before it stops anyway.
     pub shutdown_timeout_ms: u64,

@@ -12,14 +12,16 @@
 //!
 //! Every request passes through here, and at a steady rate every request
 //! also pushes the oldest outcome out, so the layout is chosen for the CPU
-//! cache rather than for convenience: a user's outcomes are copied, id and
-//! frame together, onto the end of one byte buffer in the order they
-//! finished, with a fixed-size record each and an index from the id's hash
-//! to the record. Remembering allocates nothing once the buffer has grown,
-//! and forgetting touches only the oldest record and its index slot: no
-//! per-outcome allocation to free, no id to rehash, no reference count to
-//! drop. Forgotten bytes at the buffer's front are cut off in one move once
-//! they are a third of it.
+//! cache and for memory rather than for convenience: a user's outcomes are
+//! copied, each as one record (a small header, the id, the frame), onto the
+//! end of one byte buffer in the order they finished, with an index from the
+//! id's hash to the record. Remembering allocates nothing once the buffer
+//! has grown, and forgetting touches only the oldest record and its index
+//! slot: no per-outcome allocation to free, no id to rehash, no reference
+//! count to drop, and the record's header sits beside its bytes. Forgotten
+//! records at the buffer's front are cut off in one move when the buffer is
+//! full and they are a third of it; otherwise the buffer grows by a quarter,
+//! not double, so that its spare capacity stays small beside the budget.
 //!
 //! Each user's outcomes sit behind a mutex of their own, which the node's map
 //! hands out once per connection ([`UserSlot`]) and once per request (the
@@ -28,7 +30,6 @@
 //! `detached` as it leaves, so a connection still holding it looks it up
 //! again instead of remembering into a window no one else sees.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -44,26 +45,53 @@ use tokio::time::Instant;
 
 use crate::connection::Frame;
 
-/// Per-outcome memory besides its id and frame bytes (the record, its index
-/// slot, the buffer's forgotten front), counted against the byte budgets so
-/// they are close to what outcomes really cost.
+/// Per-outcome memory besides its id and frame bytes (the record's header,
+/// its index slot, the buffer's forgotten front and spare capacity), counted
+/// against the byte budgets so they are close to what outcomes really cost.
 const ENTRY_OVERHEAD: usize = 64;
 
-/// One remembered outcome; its id and frame bytes are in the user's buffer.
-struct Remembered {
-    /// When it was recorded; the window is counted from here.
-    at: Instant,
-    /// The id's hash, so forgetting needs neither the id nor a rehash.
+/// Each remembered outcome is one record in its user's buffer: this header,
+/// then the id's bytes, then the frame's. Little-endian fields: when it was
+/// recorded (nanoseconds since the window was created; the window is counted
+/// from here), the id's hash (so forgetting and rehashing need neither the
+/// id nor the hasher), the frame's length, the id's length.
+const HEADER: usize = 24;
+
+#[derive(Clone, Copy)]
+struct Header {
+    at: u64,
     hash: u64,
-    /// Where the id starts in the user's byte stream (the frame follows it).
-    start: u64,
-    id_len: u16,
     frame_len: u32,
+    id_len: u16,
 }
 
-impl Remembered {
-    fn len(&self) -> usize {
-        usize::from(self.id_len) + self.frame_len as usize
+impl Header {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.at.to_le_bytes());
+        out.extend_from_slice(&self.hash.to_le_bytes());
+        out.extend_from_slice(&self.frame_len.to_le_bytes());
+        out.extend_from_slice(&self.id_len.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let field = |at: usize, len: usize| bytes.get(at..at + len);
+        Some(Self {
+            at: u64::from_le_bytes(field(0, 8)?.try_into().ok()?),
+            hash: u64::from_le_bytes(field(8, 8)?.try_into().ok()?),
+            frame_len: u32::from_le_bytes(field(16, 4)?.try_into().ok()?),
+            id_len: u16::from_le_bytes(field(20, 2)?.try_into().ok()?),
+        })
+    }
+
+    /// The whole record's length in the buffer.
+    fn record_len(&self) -> usize {
+        HEADER + usize::from(self.id_len) + self.frame_len as usize
+    }
+
+    /// What the outcome counts against the budgets.
+    fn cost(&self) -> usize {
+        usize::from(self.id_len) + self.frame_len as usize + ENTRY_OVERHEAD
     }
 }
 
@@ -80,19 +108,21 @@ struct UserWindow {
     /// map once it is empty (kept here so a request's ticket need not hold
     /// a reference of its own).
     user: UserId,
+    /// What the records' times count from.
+    created: Instant,
     running: HashTable<Running>,
-    /// Outcomes in the order they were recorded, oldest first.
-    remembered: VecDeque<Remembered>,
-    /// Sequence number of `remembered[0]`; the index holds sequence numbers.
-    first_seq: u64,
-    /// Id hash → sequence number of the outcome in `remembered`.
-    index: HashTable<u64>,
-    /// The remembered ids and frames back to back, oldest first, after
-    /// `forgotten` bytes of outcomes already forgotten.
+    /// The remembered outcomes' records back to back, oldest first, after
+    /// `forgotten` bytes of records already forgotten.
     buffer: Vec<u8>,
     forgotten: usize,
     /// Position of `buffer[0]` in the user's byte stream.
     buffer_start: u64,
+    /// How many records the buffer holds after `forgotten`.
+    count: usize,
+    /// Budgeted bytes of those records ([`Header::cost`]).
+    cost: usize,
+    /// Id hash → stream position of the outcome's record.
+    index: HashTable<u64>,
     /// Set when the window left the node's map (it was empty): a holder of
     /// the old slot must look the user up again.
     detached: bool,
@@ -108,107 +138,136 @@ pub(crate) struct UserSlot(Option<Shared>);
 
 /// The hash of each index entry, for the index to rehash when it grows or
 /// shrinks.
-fn hash_of(remembered: &VecDeque<Remembered>, first_seq: u64) -> impl Fn(&u64) -> u64 + '_ {
-    move |&seq| {
-        seq.checked_sub(first_seq)
-            .and_then(|at| remembered.get(usize::try_from(at).ok()?))
-            .map_or(0, |r| r.hash)
-    }
+fn hash_of(buffer: &[u8], buffer_start: u64) -> impl Fn(&u64) -> u64 + '_ {
+    move |&pos| header_at(buffer, buffer_start, pos).map_or(0, |h| h.hash)
+}
+
+fn header_at(buffer: &[u8], buffer_start: u64, pos: u64) -> Option<Header> {
+    let from = usize::try_from(pos.checked_sub(buffer_start)?).ok()?;
+    Header::decode(buffer.get(from..)?)
 }
 
 impl UserWindow {
     fn new(user: UserId) -> Self {
         Self {
             user,
+            created: Instant::now(),
             running: HashTable::new(),
-            remembered: VecDeque::new(),
-            first_seq: 0,
-            index: HashTable::new(),
             buffer: Vec::new(),
             forgotten: 0,
             buffer_start: 0,
+            count: 0,
+            cost: 0,
+            index: HashTable::new(),
             detached: false,
         }
     }
 
     /// Budgeted bytes of the remembered outcomes.
     fn bytes(&self) -> usize {
-        self.buffer.len() - self.forgotten + self.remembered.len() * ENTRY_OVERHEAD
+        self.cost
     }
 
-    fn record(&self, seq: u64) -> Option<&Remembered> {
-        let at = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
-        self.remembered.get(at)
+    fn nanos_since_created(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.created).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// The outcome remembered for `id`, as its sequence number.
+    fn header(&self, pos: u64) -> Option<Header> {
+        header_at(&self.buffer, self.buffer_start, pos)
+    }
+
+    /// The bytes `len` long at `offset` past the start of the record at `pos`.
+    fn stored(&self, pos: u64, offset: usize, len: usize) -> Option<&[u8]> {
+        let from = usize::try_from(pos.checked_sub(self.buffer_start)?).ok()? + offset;
+        self.buffer.get(from..from.checked_add(len)?)
+    }
+
+    /// The outcome remembered for `id`, as its record's position.
     fn find(&self, hash: u64, id: &str) -> Option<u64> {
         self.index
-            .find(hash, |&seq| {
-                self.record(seq).is_some_and(|r| {
-                    usize::from(r.id_len) == id.len()
-                        && self.stored(r.start, id.len()) == Some(id.as_bytes())
+            .find(hash, |&pos| {
+                self.header(pos).is_some_and(|h| {
+                    usize::from(h.id_len) == id.len()
+                        && self.stored(pos, HEADER, id.len()) == Some(id.as_bytes())
                 })
             })
             .copied()
     }
 
-    fn stored(&self, start: u64, len: usize) -> Option<&[u8]> {
-        let from = usize::try_from(start.checked_sub(self.buffer_start)?).ok()?;
-        self.buffer.get(from..from.checked_add(len)?)
-    }
-
     /// A copy of a remembered outcome's frame (replays are rare).
-    fn frame(&self, seq: u64) -> Option<Frame> {
-        let r = self.record(seq)?;
-        let frame = self.stored(r.start + u64::from(r.id_len), r.frame_len as usize)?;
+    fn frame(&self, pos: u64) -> Option<Frame> {
+        let h = self.header(pos)?;
+        let frame = self.stored(pos, HEADER + usize::from(h.id_len), h.frame_len as usize)?;
         Some(Frame::raw(Bytes::copy_from_slice(frame)))
     }
 
-    fn remember(&mut self, now: Instant, hash: u64, id: &MessageId, frame: &Frame) {
-        let seq = self.first_seq + self.remembered.len() as u64;
-        let start = self.buffer_start + self.buffer.len() as u64;
-        self.buffer.extend_from_slice(id.as_str().as_bytes());
-        self.buffer.extend_from_slice(frame.bytes());
-        self.remembered.push_back(Remembered {
-            at: now,
+    fn remember(&mut self, began: Instant, hash: u64, id: &MessageId, frame: &Frame) {
+        let header = Header {
+            at: self.nanos_since_created(began),
             hash,
-            start,
             // Ids are at most MAX_ID_BYTES (128) and frames at most the
             // message limit, far below these bounds.
-            id_len: id.as_str().len() as u16,
             frame_len: frame.len() as u32,
-        });
+            id_len: id.as_str().len() as u16,
+        };
+        self.make_room(header.record_len());
+        let pos = self.buffer_start + self.buffer.len() as u64;
+        header.encode(&mut self.buffer);
+        self.buffer.extend_from_slice(id.as_str().as_bytes());
+        self.buffer.extend_from_slice(frame.bytes());
+        self.count += 1;
+        self.cost += header.cost();
         self.index
-            .insert_unique(hash, seq, hash_of(&self.remembered, self.first_seq));
+            .insert_unique(hash, pos, hash_of(&self.buffer, self.buffer_start));
+    }
+
+    /// Before appending `len` bytes to a full buffer: cuts off the forgotten
+    /// front if it is a third of the buffer or more, and grows the buffer by
+    /// a quarter otherwise, rather than doubling it, so that spare capacity
+    /// stays a small part of what a user's outcomes take.
+    fn make_room(&mut self, len: usize) {
+        if self.buffer.len() + len <= self.buffer.capacity() {
+            return;
+        }
+        if self.forgotten * 3 >= self.buffer.len() {
+            self.cut_forgotten();
+            if self.buffer.len() + len <= self.buffer.capacity() {
+                return;
+            }
+        }
+        let want = (self.buffer.len() + len).max(self.buffer.capacity() * 5 / 4);
+        self.buffer.reserve_exact(want - self.buffer.len());
     }
 
     /// Forgets the oldest remembered outcome; returns the bytes freed.
     fn forget_oldest(&mut self) -> usize {
-        let Some(oldest) = self.remembered.pop_front() else {
+        let pos = self.buffer_start + self.forgotten as u64;
+        let Some(oldest) = (self.count > 0).then(|| self.header(pos)).flatten() else {
             return 0;
         };
-        let seq = self.first_seq;
-        self.first_seq += 1;
-        if let Ok(slot) = self.index.find_entry(oldest.hash, |&s| s == seq) {
+        if let Ok(slot) = self.index.find_entry(oldest.hash, |&p| p == pos) {
             slot.remove();
         }
-        // Outcomes leave in the order they came, so the oldest one's bytes
-        // are the first still in the buffer.
-        self.forgotten += oldest.len();
-        if self.forgotten * 3 >= self.buffer.len() {
+        // Outcomes leave in the order they came, so the oldest one's record
+        // is the first still in the buffer.
+        self.forgotten += oldest.record_len();
+        self.count -= 1;
+        self.cost -= oldest.cost();
+        if self.count == 0 {
             self.cut_forgotten();
         }
-        oldest.len() + ENTRY_OVERHEAD
+        oldest.cost()
     }
 
     /// Forgets outcomes older than the window; returns the bytes freed.
     fn expire(&mut self, now: Instant, window: Duration) -> usize {
+        let now = self.nanos_since_created(now);
+        let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
         let mut freed = 0;
-        while self
-            .remembered
-            .front()
-            .is_some_and(|r| now.duration_since(r.at) >= window)
+        while self.count > 0
+            && self
+                .header(self.buffer_start + self.forgotten as u64)
+                .is_some_and(|h| now.saturating_sub(h.at) >= window)
         {
             freed += self.forget_oldest();
         }
@@ -216,7 +275,7 @@ impl UserWindow {
     }
 
     fn is_empty(&self) -> bool {
-        self.running.is_empty() && self.remembered.is_empty()
+        self.running.is_empty() && self.count == 0
     }
 
     fn cut_forgotten(&mut self) {
@@ -230,9 +289,8 @@ impl UserWindow {
         self.cut_forgotten();
         if self.buffer.capacity() > 4 * self.buffer.len().max(1024) {
             self.buffer.shrink_to(2 * self.buffer.len());
-            self.remembered.shrink_to(2 * self.remembered.len());
             self.index
-                .shrink_to_fit(hash_of(&self.remembered, self.first_seq));
+                .shrink_to_fit(hash_of(&self.buffer, self.buffer_start));
         }
     }
 }
@@ -393,10 +451,7 @@ impl RetryWindow {
             let cost = id.as_str().len() + frame.len() + ENTRY_OVERHEAD;
             let total = self.0.total_bytes.load(Ordering::Relaxed);
             // At the node's cap, make room from this user's own oldest.
-            while remember
-                && total + cost > self.0.max_bytes_total + freed
-                && !w.remembered.is_empty()
-            {
+            while remember && total + cost > self.0.max_bytes_total + freed && w.count > 0 {
                 freed += w.forget_oldest();
             }
             if remember && total + cost <= self.0.max_bytes_total + freed {
@@ -720,7 +775,7 @@ mod tests {
             }
         }
         assert!(w.total_bytes() <= 20 * (ENTRY_OVERHEAD + 30));
-        let remembered = w.0.users.get(&u).map(|w| w.lock().remembered.len());
+        let remembered = w.0.users.get(&u).map(|w| w.lock().count);
         assert!(
             remembered.is_some_and(|n| (10..=20).contains(&n)),
             "{remembered:?} outcomes in {} bytes",
@@ -743,7 +798,7 @@ mod tests {
             let m = MessageId::new(format!("c{i:03}")).unwrap();
             settle_new(&w, &u, &m, &Frame::from(format!("r{i:03}")), true);
         }
-        let kept = w.0.users.get(&u).map_or(0, |w| w.lock().remembered.len());
+        let kept = w.0.users.get(&u).map_or(0, |w| w.lock().count);
         assert!((6..=8).contains(&kept), "{kept} outcomes kept");
         for i in 0..500 {
             let m = MessageId::new(format!("c{i:03}")).unwrap();
@@ -756,6 +811,34 @@ mod tests {
                 Begin::Wait(_) => panic!("nothing is running"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_full_window_holds_little_more_memory_than_its_budget() {
+        // What the budget promises an operator: the memory a user's window
+        // holds, spare capacity included, stays close to it while outcomes
+        // keep pushing the oldest out (a doubling buffer and a separate
+        // record list held 1.7x).
+        let budget = 64 * 1024;
+        let w = RetryWindow::new(Duration::from_secs(120), budget, 1 << 30);
+        let u = UserId::new("u").unwrap();
+        let frame = Frame::from(r#"{"kind":"ack","id":"req-000000","result":{"ok":1}}"#);
+        let mut most = 0;
+        for i in 0..20_000 {
+            let m = MessageId::new(format!("req-{i:06}")).unwrap();
+            settle_new(&w, &u, &m, &frame, true);
+            let shared = w.0.users.get(&u).map(|w| w.clone()).unwrap();
+            let held = {
+                let window = shared.lock();
+                window.buffer.capacity()
+                    + window.index.capacity() * (std::mem::size_of::<u64>() + 1)
+            };
+            most = most.max(held);
+        }
+        assert!(
+            most * 10 <= budget * 14,
+            "a window with a budget of {budget} bytes held up to {most}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -778,7 +861,7 @@ mod tests {
         w.sweep();
         let shared = w.0.users.get(&u).expect("`later` is still remembered");
         let users = shared.lock();
-        assert_eq!(users.remembered.len(), 1);
+        assert_eq!(users.count, 1);
         assert!(
             users.buffer.capacity() <= 4096,
             "the buffer keeps {} bytes of capacity for one outcome",
