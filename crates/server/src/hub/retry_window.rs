@@ -813,6 +813,114 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn random_traffic_matches_a_plain_model_of_the_rules() {
+        // The rules, kept the slow and obvious way: outcomes in a list,
+        // oldest first, dropped from the front by age and by budget, each
+        // costing its id, its frame as sent (WebSocket header included) and
+        // the fixed overhead.
+        struct Model {
+            kept: std::collections::VecDeque<(String, String, Instant)>,
+            bytes: usize,
+        }
+        fn cost(id: &str, frame: &str) -> usize {
+            id.len() + Frame::from(frame.to_owned()).len() + ENTRY_OVERHEAD
+        }
+        impl Model {
+            fn expire(&mut self, now: Instant, window: Duration) {
+                while let Some((id, frame, at)) = self.kept.front() {
+                    if now.duration_since(*at) < window {
+                        break;
+                    }
+                    self.bytes -= cost(id, frame);
+                    self.kept.pop_front();
+                }
+            }
+            fn find(&self, id: &str) -> Option<&str> {
+                self.kept
+                    .iter()
+                    .find(|(i, ..)| i == id)
+                    .map(|(_, f, _)| f.as_str())
+            }
+        }
+
+        let (window, budget) = (Duration::from_secs(10), 3_000);
+        let w = RetryWindow::new(window, budget, 1 << 30);
+        let u = UserId::new("u").unwrap();
+        let mut slot = UserSlot::default();
+        let mut model = Model {
+            kept: Default::default(),
+            bytes: 0,
+        };
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut below = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut next_id = 0u64;
+        for step in 0..30_000 {
+            match below(10) {
+                // A new request, remembered unless its outcome is retryable.
+                0..=5 => {
+                    let id = format!("id-{next_id}-{}", "x".repeat(below(40) as usize));
+                    next_id += 1;
+                    let frame = format!("{step}:{}", "f".repeat(below(300) as usize));
+                    let remember = below(10) != 0;
+                    let m = MessageId::new(id.clone()).unwrap();
+                    let now = Instant::now();
+                    model.expire(now, window);
+                    let Begin::New(t) = w.begin(&mut slot, &u, &m) else {
+                        panic!("{id} is new")
+                    };
+                    t.settle(&Frame::from(frame.clone()), remember);
+                    if remember {
+                        model.bytes += cost(&id, &frame);
+                        model.kept.push_back((id, frame, now));
+                        while model.bytes > budget {
+                            let (id, frame, _) = model.kept.pop_front().unwrap();
+                            model.bytes -= cost(&id, &frame);
+                        }
+                    }
+                }
+                // A retry of some earlier request (or of one never seen).
+                6..=8 => {
+                    let n = below(next_id + 5);
+                    let kept: Vec<String> = model.kept.iter().map(|(i, ..)| i.clone()).collect();
+                    let id = match kept.len() {
+                        0 => format!("id-{n}-"),
+                        k if n % 2 == 0 => kept[n as usize % k].clone(),
+                        _ => format!("id-{n}-"),
+                    };
+                    model.expire(Instant::now(), window);
+                    let m = MessageId::new(id.clone()).unwrap();
+                    match (w.begin(&mut slot, &u, &m), model.find(&id)) {
+                        (Begin::Replay(f), Some(expected)) => {
+                            assert_eq!(f, Frame::from(expected.to_owned()), "step {step}: {id}")
+                        }
+                        // Abandoned at once: it must leave no trace.
+                        (Begin::New(t), None) => drop(t),
+                        (Begin::Replay(_), None) => {
+                            panic!("step {step}: {id} replayed, but forgotten")
+                        }
+                        (Begin::New(_), Some(_)) => panic!("step {step}: {id} forgotten too early"),
+                        (Begin::Wait(_), _) => panic!("step {step}: nothing is running"),
+                    }
+                }
+                // Time passes; now and then the periodic sweep runs.
+                _ => {
+                    tokio::time::advance(Duration::from_millis(below(3_000))).await;
+                    if below(4) == 0 {
+                        w.sweep();
+                        model.expire(Instant::now(), window);
+                    }
+                }
+            }
+            assert_eq!(w.total_bytes(), model.bytes, "step {step}");
+        }
+    }
+
     #[tokio::test]
     async fn a_full_window_holds_little_more_memory_than_its_budget() {
         // What the budget promises an operator: the memory a user's window
