@@ -120,7 +120,7 @@ struct UserWindow {
     /// How many records the buffer holds after `forgotten`.
     count: usize,
     /// Budgeted bytes of those records ([`Header::cost`]).
-    cost: usize,
+    bytes: usize,
     /// Id hash → stream position of the outcome's record.
     index: HashTable<u64>,
     /// Set when the window left the node's map (it was empty): a holder of
@@ -157,15 +157,10 @@ impl UserWindow {
             forgotten: 0,
             buffer_start: 0,
             count: 0,
-            cost: 0,
+            bytes: 0,
             index: HashTable::new(),
             detached: false,
         }
-    }
-
-    /// Budgeted bytes of the remembered outcomes.
-    fn bytes(&self) -> usize {
-        self.cost
     }
 
     fn nanos_since_created(&self, t: Instant) -> u64 {
@@ -216,7 +211,7 @@ impl UserWindow {
         self.buffer.extend_from_slice(id.as_str().as_bytes());
         self.buffer.extend_from_slice(frame.bytes());
         self.count += 1;
-        self.cost += header.cost();
+        self.bytes += header.cost();
         self.index
             .insert_unique(hash, pos, hash_of(&self.buffer, self.buffer_start));
     }
@@ -252,7 +247,7 @@ impl UserWindow {
         // is the first still in the buffer.
         self.forgotten += oldest.record_len();
         self.count -= 1;
-        self.cost -= oldest.cost();
+        self.bytes -= oldest.cost();
         if self.count == 0 {
             self.cut_forgotten();
         }
@@ -462,7 +457,7 @@ impl RetryWindow {
                 // how long it ran; never less.
                 w.remember(ticket.began, hash, id, frame);
                 self.0.total_bytes.fetch_add(cost, Ordering::Relaxed);
-                while w.bytes() > self.0.max_bytes_per_user {
+                while w.bytes > self.0.max_bytes_per_user {
                     freed += w.forget_oldest();
                 }
             }
