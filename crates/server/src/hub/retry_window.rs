@@ -91,8 +91,13 @@ impl Header {
 
     /// What the outcome counts against the budgets.
     fn cost(&self) -> usize {
-        usize::from(self.id_len) + self.frame_len as usize + ENTRY_OVERHEAD
+        cost(usize::from(self.id_len), self.frame_len as usize)
     }
+}
+
+/// What an outcome with an id and a frame this long counts against the budgets.
+fn cost(id_len: usize, frame_len: usize) -> usize {
+    id_len + frame_len + ENTRY_OVERHEAD
 }
 
 /// A request whose first attempt is still running.
@@ -119,8 +124,6 @@ struct UserWindow {
     buffer_start: u64,
     /// How many records the buffer holds after `forgotten`.
     count: usize,
-    /// Budgeted bytes of those records ([`Header::cost`]).
-    bytes: usize,
     /// Id hash → stream position of the outcome's record.
     index: HashTable<u64>,
     /// Set when the window left the node's map (it was empty): a holder of
@@ -157,10 +160,20 @@ impl UserWindow {
             forgotten: 0,
             buffer_start: 0,
             count: 0,
-            bytes: 0,
             index: HashTable::new(),
             detached: false,
         }
+    }
+
+    /// Budgeted bytes of the remembered outcomes ([`Header::cost`] each):
+    /// their records, less a header each, plus the overhead each counts.
+    fn bytes(&self) -> usize {
+        self.buffer.len() - self.forgotten + self.count * ENTRY_OVERHEAD - self.count * HEADER
+    }
+
+    /// Where the oldest remembered record starts (if there is one).
+    fn oldest_pos(&self) -> u64 {
+        self.buffer_start + self.forgotten as u64
     }
 
     fn nanos_since_created(&self, t: Instant) -> u64 {
@@ -211,7 +224,6 @@ impl UserWindow {
         self.buffer.extend_from_slice(id.as_str().as_bytes());
         self.buffer.extend_from_slice(frame.bytes());
         self.count += 1;
-        self.bytes += header.cost();
         self.index
             .insert_unique(hash, pos, hash_of(&self.buffer, self.buffer_start));
     }
@@ -236,8 +248,8 @@ impl UserWindow {
 
     /// Forgets the oldest remembered outcome; returns the bytes freed.
     fn forget_oldest(&mut self) -> usize {
-        let pos = self.buffer_start + self.forgotten as u64;
-        let Some(oldest) = (self.count > 0).then(|| self.header(pos)).flatten() else {
+        let pos = self.oldest_pos();
+        let Some(oldest) = self.header(pos).filter(|_| self.count > 0) else {
             return 0;
         };
         if let Ok(slot) = self.index.find_entry(oldest.hash, |&p| p == pos) {
@@ -247,7 +259,6 @@ impl UserWindow {
         // is the first still in the buffer.
         self.forgotten += oldest.record_len();
         self.count -= 1;
-        self.bytes -= oldest.cost();
         if self.count == 0 {
             self.cut_forgotten();
         }
@@ -261,7 +272,7 @@ impl UserWindow {
         let mut freed = 0;
         while self.count > 0
             && self
-                .header(self.buffer_start + self.forgotten as u64)
+                .header(self.oldest_pos())
                 .is_some_and(|h| now.saturating_sub(h.at) >= window)
         {
             freed += self.forget_oldest();
@@ -443,7 +454,7 @@ impl RetryWindow {
             for waiter in waiters {
                 let _ = waiter.send(frame.clone());
             }
-            let cost = id.as_str().len() + frame.len() + ENTRY_OVERHEAD;
+            let cost = cost(id.as_str().len(), frame.len());
             let total = self.0.total_bytes.load(Ordering::Relaxed);
             // At the node's cap, make room from this user's own oldest.
             while remember && total + cost > self.0.max_bytes_total + freed && w.count > 0 {
@@ -457,7 +468,7 @@ impl RetryWindow {
                 // how long it ran; never less.
                 w.remember(ticket.began, hash, id, frame);
                 self.0.total_bytes.fetch_add(cost, Ordering::Relaxed);
-                while w.bytes > self.0.max_bytes_per_user {
+                while w.bytes() > self.0.max_bytes_per_user {
                     freed += w.forget_oldest();
                 }
             }
