@@ -501,21 +501,37 @@ def table(headers, rows):
     return "\n".join(out)
 
 
-def cpu_us_per(r):
+def us_per_trip(cpu_pct, per_s):
     """Server CPU time per message answered, in microseconds: at a fixed rate below saturation, the
     figure that compares servers' efficiency whatever the host's speed that hour."""
-    def us(cpu, n):
-        return cpu / 100 / n * 1e6
+    return cpu_pct / 100 / per_s * 1e6 if cpu_pct and per_s else None
 
-    cpu, n = srv(r, "cpu_pct"), r.get("received_per_s")
-    if not cpu or not n:
+
+def cpu_us_per(r):
+    us = us_per_trip(srv(r, "cpu_pct"), r.get("received_per_s"))
+    if us is None:
         return "-"
     runs = [x for x in r.get("runs") or [] if x.get("cpu_pct") and x.get("received_per_s")]
     spread = ""
     if len(runs) >= 2:
-        v = sorted(us(x["cpu_pct"], x["received_per_s"]) for x in runs)
+        v = sorted(us_per_trip(x["cpu_pct"], x["received_per_s"]) for x in runs)
         spread = f" ({v[0]:.1f}–{v[-1]:.1f})"
-    return f"{us(cpu, n):.1f}{spread}"
+    return f"{us:.1f}{spread}"
+
+
+def cpu_comparison(ours, other, name):
+    """A closed-loop ratio of round trips/s says how the servers compare only if both were saturated;
+    the CPU each spent per round trip says it either way, and a server short of its core is named."""
+    a = us_per_trip(srv(ours, "cpu_pct"), ours.get("received_per_s"))
+    b = us_per_trip(srv(other, "cpu_pct"), other.get("received_per_s"))
+    if a is None or b is None:
+        return ""
+    note = f"; server CPU per round trip {a:.1f} against {b:.1f} µs ({b / a:.2f}×)"
+    for label, r in (("PubSub", ours), (name, other)):
+        c = srv(r, "cpu_pct")
+        if c is not None and c < 95:
+            note += f"; {label} used {c:.0f}% of its core, so it was not saturated"
+    return note
 
 
 def row_for(workload, r):
@@ -864,11 +880,13 @@ def targets_report(data, ours_label="pubsub"):
         bp = best([r for r in rs if r["target"] in peers], lambda r: r["received_per_s"])
         if conns == 100 and bp:
             ratio = rps / bp["received_per_s"]
-            out.append(f"| rpc 100 ≥ 1.5× best peer | {ratio:.2f}× {bp['target']} ({kfmt(bp['received_per_s'])}/s){medians} | {verdict(ratio >= 1.5)} |")
+            out.append(f"| rpc 100 ≥ 1.5× best peer | {ratio:.2f}× {bp['target']} ({kfmt(bp['received_per_s'])}/s){medians}"
+                       f"{cpu_comparison(ours, bp, bp['target'])} | {verdict(ratio >= 1.5)} |")
         floor = next((r for r in rs if r["target"] == "echo"), None)
         if conns == 100 and floor:
             ratio = rps / floor["received_per_s"]
-            out.append(f"| rpc 100 ≥ 0.9× bare echo floor | {ratio:.2f}× ({kfmt(floor['received_per_s'])}/s){medians} | {verdict(ratio >= 0.9)} |")
+            out.append(f"| rpc 100 ≥ 0.9× bare echo floor | {ratio:.2f}× ({kfmt(floor['received_per_s'])}/s){medians}"
+                       f"{cpu_comparison(ours, floor, 'the floor')} | {verdict(ratio >= 0.9)} |")
     idle = [r for r in data.get("idle", []) if not r.get("error")]
     if idle:
         top = max(r["conns"] for r in idle)
