@@ -52,8 +52,8 @@ pub struct ServerConfig {
     /// How long a request's outcome is remembered for retries with the same id.
     pub retry_window_ms: u64,
     /// Memory for remembered outcomes per user; the oldest are forgotten first.
-    /// Each outcome counts its id and frame bytes plus 64; with the buffer's
-    /// spare capacity and the index, a full window holds up to about 1.4× this.
+    /// Each outcome counts its id and frame bytes plus 64; with the ring's
+    /// spare capacity and the index, a full window holds about this much.
     pub retry_window_max_bytes_per_user: usize,
     /// Memory for remembered outcomes on this node, all users together,
     /// counted as for the per-user budget.
