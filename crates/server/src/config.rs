@@ -54,6 +54,10 @@ pub struct ServerConfig {
     /// Memory for remembered outcomes per user; the oldest are forgotten first.
     /// Each outcome counts its id and frame bytes plus 64; with the ring's
     /// spare capacity and the index, a full window holds about this much.
+    /// Each request of a user touches its window, so where many users each
+    /// send hundreds of requests a second a smaller budget also makes every
+    /// request cheaper (docs/benchmarks.md, "rpc"), at the price of a
+    /// shorter window for those users.
     pub retry_window_max_bytes_per_user: usize,
     /// Memory for remembered outcomes on this node, all users together,
     /// counted as for the per-user budget.
