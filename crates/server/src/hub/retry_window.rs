@@ -285,7 +285,9 @@ impl UserWindow {
         }
         // Outcomes leave in the order they came, so the oldest one's record
         // is the ring's front.
-        let len = oldest.record_len();
+        // Records are written whole, so the ring holds all of this one;
+        // the bound only keeps a broken invariant from becoming a panic.
+        let len = oldest.record_len().min(self.buffer.len());
         self.buffer.drain(..len);
         self.buffer_start += len as u64;
         self.count -= 1;
