@@ -199,11 +199,6 @@ impl UserWindow {
         self.buffer.len() + self.count * ENTRY_OVERHEAD - self.count * HEADER
     }
 
-    /// Where the oldest remembered record starts (if there is one).
-    fn oldest_pos(&self) -> u64 {
-        self.buffer_start
-    }
-
     fn nanos_since_created(&self, t: Instant) -> u64 {
         u64::try_from(t.saturating_duration_since(self.created).as_nanos()).unwrap_or(u64::MAX)
     }
@@ -276,7 +271,7 @@ impl UserWindow {
 
     /// Forgets the oldest remembered outcome; returns the bytes freed.
     fn forget_oldest(&mut self) -> usize {
-        let pos = self.oldest_pos();
+        let pos = self.buffer_start;
         let Some(oldest) = self.header(pos).filter(|_| self.count > 0) else {
             return 0;
         };
@@ -284,9 +279,8 @@ impl UserWindow {
             slot.remove();
         }
         // Outcomes leave in the order they came, so the oldest one's record
-        // is the ring's front.
-        // Records are written whole, so the ring holds all of this one;
-        // the bound only keeps a broken invariant from becoming a panic.
+        // is the ring's front, and records are written whole; the bound only
+        // keeps a broken invariant from becoming a panic.
         let len = oldest.record_len().min(self.buffer.len());
         self.buffer.drain(..len);
         self.buffer_start += len as u64;
@@ -301,7 +295,7 @@ impl UserWindow {
         let mut freed = 0;
         while self.count > 0
             && self
-                .header(self.oldest_pos())
+                .header(self.buffer_start)
                 .is_some_and(|h| now.saturating_sub(h.at) >= window)
         {
             freed += self.forget_oldest();
@@ -483,17 +477,17 @@ impl RetryWindow {
                 freed += w.forget_oldest();
             }
             if remember && total + cost <= self.0.max_bytes_total + freed {
-                // Counted from when the request began: the clock is read
-                // once per request. Expiry goes in settling order, so the
-                // outcome of a request that ran long and settled behind
-                // one that began later is kept past the window by at most
-                // how long it ran; never less.
                 // Room is made before the record goes in, so that at the
                 // budget the ring need not grow past it to hold one more.
                 while w.count > 0 && w.bytes() + cost > self.0.max_bytes_per_user {
                     freed += w.forget_oldest();
                 }
                 if cost <= self.0.max_bytes_per_user {
+                    // Counted from when the request began: the clock is read
+                    // once per request. Expiry goes in settling order, so the
+                    // outcome of a request that ran long and settled behind
+                    // one that began later is kept past the window by at most
+                    // how long it ran; never less.
                     w.remember(ticket.began, hash, id, frame);
                     self.0.total_bytes.fetch_add(cost, Ordering::Relaxed);
                 }
