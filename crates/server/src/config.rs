@@ -53,7 +53,7 @@ pub struct ServerConfig {
     pub retry_window_ms: u64,
     /// Memory for remembered outcomes per user; the oldest are forgotten first.
     /// Each outcome counts its id and frame bytes plus 64; with the ring's
-    /// spare capacity and the index, a full window holds about this much.
+    /// spare capacity and the id filter, a full window holds about this much.
     /// Each request of a user touches its window, so where many users each
     /// send hundreds of requests a second a smaller budget also makes every
     /// request cheaper (docs/benchmarks.md, "rpc"), at the price of a

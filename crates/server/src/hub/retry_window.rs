@@ -12,19 +12,29 @@
 //!
 //! Every request passes through here, and at a steady rate every request
 //! also pushes the oldest outcome out, so the layout is chosen for the CPU
-//! cache and for memory rather than for convenience: a user's outcomes are
-//! copied, each as one record (a small header, the id, the frame), onto the
-//! end of one ring of bytes in the order they finished, with an index from
-//! the id's hash to the record. Remembering allocates nothing once the ring
-//! has grown, and forgetting touches only the oldest record and its index
-//! slot: no per-outcome allocation to free, no id to rehash, no reference
-//! count to drop, and the record's header sits beside its bytes. A ring,
-//! not a flat buffer whose forgotten front is cut off now and then: that
-//! front and the room kept for it held a third of the buffer, so a full
-//! window took 1.35× its budget where the ring takes about 1× (the test
-//! `a_full_window_holds_little_more_memory_than_its_budget`). The ring grows
-//! by a quarter, not double, and room is made by forgetting before a record
-//! goes in, so a window at its budget does not grow past it.
+//! cache and for memory rather than for convenience:
+//! - a user's outcomes are copied, each as one record (a small header, the
+//!   id, the frame), onto the end of one ring of bytes in the order they
+//!   finished: remembering allocates nothing once the ring has grown, and
+//!   forgetting touches only the oldest record (no per-outcome allocation to
+//!   free, no id to rehash, no reference count to drop). A ring, not a flat
+//!   buffer whose forgotten front is cut off now and then: that front and
+//!   the room kept for it held a third of the buffer, so a full window took
+//!   1.35× its budget where the ring takes about 1× (the test
+//!   `a_full_window_holds_little_more_memory_than_its_budget`). It grows by
+//!   a quarter, not double, and room is made by forgetting before a record
+//!   goes in, so a window at its budget does not grow past it.
+//! - whether an id is remembered is asked of a Bloom filter of the ids'
+//!   hashes first ([`id_filter`]: one cache line), and only when it says
+//!   "maybe" (a retry, or fewer than one new id in a thousand) are the
+//!   user's records walked. The filter is rebuilt from a plain queue of the
+//!   records' hashes as it fills, not from the ring, which would read all of
+//!   it once per turnover.
+//! - a hash index from id to record, which did this for every request
+//!   (finding, inserting and removing in it touched four or five cold cache
+//!   lines each time), is built only when a user's retries are replayed (a
+//!   reconnected client resends a burst, a buggy one may resend forever),
+//!   and dropped once the ring has turned over without one.
 //!
 //! Each user's outcomes sit behind a mutex of their own, which the node's map
 //! hands out once per connection ([`UserSlot`]) and once per request (the
@@ -32,6 +42,8 @@
 //! A user's entry leaves the map only when it holds nothing; it is marked
 //! `detached` as it leaves, so a connection still holding it looks it up
 //! again instead of remembering into a window no one else sees.
+
+mod id_filter;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -48,17 +60,19 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::connection::Frame;
+use id_filter::IdFilter;
 
 /// Per-outcome memory besides its id and frame bytes (the record's header,
-/// its index slot, the ring's spare capacity), counted against the byte
-/// budgets so they are close to what outcomes really cost.
+/// its hash and its bits in the id filter, the rings' spare capacity), counted against
+/// the byte budgets so they are close to what outcomes really cost.
 const ENTRY_OVERHEAD: usize = 64;
 
 /// Each remembered outcome is one record in its user's buffer: this header,
 /// then the id's bytes, then the frame's. Little-endian fields: when it was
 /// recorded (nanoseconds since the window was created; the window is counted
-/// from here), the id's hash (so forgetting and rehashing need neither the
-/// id nor the hasher), the frame's length, the id's length.
+/// from here), the id's hash (so a lookup compares ids only on a hash match,
+/// and the id filter is rebuilt without the ids or the hasher), the frame's
+/// length, the id's length.
 const HEADER: usize = 24;
 
 #[derive(Clone, Copy)]
@@ -127,8 +141,25 @@ struct UserWindow {
     buffer_start: u64,
     /// How many records the ring holds.
     count: usize,
-    /// Id hash → stream position of the outcome's record.
-    index: HashTable<u64>,
+    /// Id hash → stream position of the outcome's record, kept only while
+    /// the user's retries are being replayed: a walk of the records per
+    /// lookup is fine for the one in a thousand the filter lets through,
+    /// not for a client resending a burst (or a bug resending forever).
+    /// Built on a replay, dropped once the ring has turned over without one.
+    index: Option<HashTable<u64>>,
+    /// Outcomes remembered since the last replay, while `index` is kept.
+    remembered_since_replay: usize,
+    /// The oldest record's header (`None` when the ring is empty), kept
+    /// here so that checking it for expiry on every request reads nothing
+    /// from the far end of the ring.
+    oldest: Option<Header>,
+    /// The hashes of the remembered outcomes' ids (and of some forgotten
+    /// ones, until it is next rebuilt).
+    ids: IdFilter,
+    /// The same hashes in the records' order, for rebuilding the filter:
+    /// rebuilding it from the records' headers read the whole ring, cold,
+    /// once per turnover, which cost as much as the index it replaces.
+    hashes: VecDeque<u64>,
     /// Set when the window left the node's map (it was empty): a holder of
     /// the old slot must look the user up again.
     detached: bool,
@@ -188,7 +219,11 @@ impl UserWindow {
             buffer: VecDeque::new(),
             buffer_start: 0,
             count: 0,
-            index: HashTable::new(),
+            index: None,
+            remembered_since_replay: 0,
+            oldest: None,
+            ids: IdFilter::new(),
+            hashes: VecDeque::new(),
             detached: false,
         }
     }
@@ -216,20 +251,70 @@ impl UserWindow {
         ring_range(&self.buffer, from, len)
     }
 
-    /// The outcome remembered for `id`, as its record's position.
-    fn find(&self, hash: u64, id: &str) -> Option<u64> {
-        self.index
-            .find(hash, |&pos| {
-                self.header(pos).is_some_and(|h| {
-                    usize::from(h.id_len) == id.len()
-                        && self.stored(pos, HEADER, id.len()).is_some_and(|(a, b)| {
-                            id.as_bytes()
-                                .split_at_checked(a.len())
-                                .is_some_and(|(x, y)| a == x && b == y)
-                        })
-                })
+    /// The records' positions and headers, oldest first.
+    fn records(&self) -> impl Iterator<Item = (u64, Header)> + '_ {
+        let mut pos = self.buffer_start;
+        (0..self.count).map_while(move |_| {
+            let h = self.header(pos)?;
+            let at = pos;
+            pos += h.record_len() as u64;
+            Some((at, h))
+        })
+    }
+
+    /// Whether the record at `pos` (whose header is `h`) is `id`'s.
+    fn is_record_of(&self, pos: u64, h: Header, hash: u64, id: &str) -> bool {
+        h.hash == hash
+            && usize::from(h.id_len) == id.len()
+            && self.stored(pos, HEADER, id.len()).is_some_and(|(a, b)| {
+                id.as_bytes()
+                    .split_at_checked(a.len())
+                    .is_some_and(|(x, y)| a == x && b == y)
             })
-            .copied()
+    }
+
+    /// The outcome remembered for `id`, as its record's position.
+    fn find(&mut self, hash: u64, id: &str) -> Option<u64> {
+        if !self.ids.may_contain(hash) {
+            return None;
+        }
+        let pos = match &self.index {
+            Some(index) => index
+                .find(hash, |&pos| {
+                    self.header(pos)
+                        .is_some_and(|h| self.is_record_of(pos, h, hash, id))
+                })
+                .copied(),
+            None => self
+                .records()
+                .find(|&(pos, h)| self.is_record_of(pos, h, hash, id))
+                .map(|(pos, _)| pos),
+        }?;
+        // A replay: a client that reconnected resends all it had in flight,
+        // so the next lookups go through an index instead of a walk each.
+        if self.index.is_none() {
+            self.build_index();
+        }
+        self.remembered_since_replay = 0;
+        Some(pos)
+    }
+
+    fn build_index(&mut self) {
+        let mut index = HashTable::with_capacity(self.count);
+        for (pos, h) in self.records() {
+            index.insert_unique(h.hash, pos, hash_of(&self.buffer, self.buffer_start));
+        }
+        self.index = Some(index);
+    }
+
+    /// Empties the id filter and puts back the ids still remembered, sized
+    /// for twice as many: at a steady count the next rebuild is as many
+    /// requests away as the ring holds outcomes.
+    fn rebuild_ids(&mut self, room_for: usize) {
+        self.ids.reset(2 * room_for.max(self.count));
+        for &hash in &self.hashes {
+            self.ids.add(hash);
+        }
     }
 
     /// A copy of a remembered outcome's frame (replays are rare).
@@ -249,13 +334,25 @@ impl UserWindow {
             id_len: id.as_str().len() as u16,
         };
         self.make_room(header.record_len());
+        if self.ids.is_full() {
+            self.rebuild_ids(self.count + 1);
+        }
         let pos = self.buffer_start + self.buffer.len() as u64;
         self.buffer.extend(&header.encode());
         self.buffer.extend(id.as_str().as_bytes());
         self.buffer.extend(frame.bytes());
         self.count += 1;
-        self.index
-            .insert_unique(hash, pos, hash_of(&self.buffer, self.buffer_start));
+        self.oldest.get_or_insert(header);
+        self.ids.add(hash);
+        self.hashes.push_back(hash);
+        if let Some(index) = &mut self.index {
+            self.remembered_since_replay += 1;
+            if self.remembered_since_replay > self.count {
+                self.index = None;
+            } else {
+                index.insert_unique(hash, pos, hash_of(&self.buffer, self.buffer_start));
+            }
+        }
     }
 
     /// Before appending `len` bytes to a full ring: grows it by a quarter,
@@ -269,14 +366,18 @@ impl UserWindow {
         self.buffer.reserve_exact(want - self.buffer.len());
     }
 
-    /// Forgets the oldest remembered outcome; returns the bytes freed.
+    /// Forgets the oldest remembered outcome; returns the bytes freed. Its
+    /// id stays in the filter until the next rebuild: a lookup that the
+    /// filter lets through finds no record and costs one walk.
     fn forget_oldest(&mut self) -> usize {
-        let pos = self.buffer_start;
-        let Some(oldest) = self.header(pos).filter(|_| self.count > 0) else {
+        let Some(oldest) = self.oldest.take() else {
             return 0;
         };
-        if let Ok(slot) = self.index.find_entry(oldest.hash, |&p| p == pos) {
-            slot.remove();
+        if let Some(index) = &mut self.index {
+            let pos = self.buffer_start;
+            if let Ok(slot) = index.find_entry(oldest.hash, |&p| p == pos) {
+                slot.remove();
+            }
         }
         // Outcomes leave in the order they came, so the oldest one's record
         // is the ring's front, and records are written whole; the bound only
@@ -285,6 +386,10 @@ impl UserWindow {
         self.buffer.drain(..len);
         self.buffer_start += len as u64;
         self.count -= 1;
+        self.hashes.pop_front();
+        if self.count > 0 {
+            self.oldest = self.header(self.buffer_start);
+        }
         oldest.cost()
     }
 
@@ -293,10 +398,9 @@ impl UserWindow {
         let now = self.nanos_since_created(now);
         let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
         let mut freed = 0;
-        while self.count > 0
-            && self
-                .header(self.buffer_start)
-                .is_some_and(|h| now.saturating_sub(h.at) >= window)
+        while self
+            .oldest
+            .is_some_and(|h| now.saturating_sub(h.at) >= window)
         {
             freed += self.forget_oldest();
         }
@@ -311,8 +415,11 @@ impl UserWindow {
     fn shrink(&mut self) {
         if self.buffer.capacity() > 4 * self.buffer.len().max(1024) {
             self.buffer.shrink_to(2 * self.buffer.len());
-            self.index
-                .shrink_to_fit(hash_of(&self.buffer, self.buffer_start));
+            self.hashes.shrink_to(2 * self.count);
+            self.rebuild_ids(self.count);
+            if let Some(index) = &mut self.index {
+                index.shrink_to_fit(hash_of(&self.buffer, self.buffer_start));
+            }
         }
     }
 }
@@ -465,7 +572,7 @@ impl RetryWindow {
             Ok(running) => running.remove().0.waiters,
             Err(_) => Vec::new(),
         };
-        let mut freed = 0;
+        let (mut freed, mut added) = (0, 0);
         if let Some((frame, remember)) = outcome {
             for waiter in waiters {
                 let _ = waiter.send(frame.clone());
@@ -489,11 +596,21 @@ impl RetryWindow {
                     // one that began later is kept past the window by at most
                     // how long it ran; never less.
                     w.remember(ticket.began, hash, id, frame);
-                    self.0.total_bytes.fetch_add(cost, Ordering::Relaxed);
+                    added = cost;
                 }
             }
         }
-        self.freed(freed);
+        // One locked update, not one for the freed bytes and one for the
+        // added: each waits for the stores before it (the new record's).
+        match added.cmp(&freed) {
+            std::cmp::Ordering::Greater => {
+                self.0
+                    .total_bytes
+                    .fetch_add(added - freed, Ordering::Relaxed);
+            }
+            std::cmp::Ordering::Less => self.freed(freed - added),
+            std::cmp::Ordering::Equal => {}
+        }
         let empty = w.is_empty().then(|| w.user.clone());
         drop(w);
         if let Some(user) = empty {
@@ -841,6 +958,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn random_traffic_matches_a_plain_model_of_the_rules() {
+        // Retries often: lookups mostly go through the index.
+        traffic_matches_a_plain_model(600, 300).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn random_traffic_with_rare_retries_matches_a_plain_model() {
+        // Retries seldom: the index is dropped between them, so lookups
+        // walk the records, and each replay builds the index again.
+        traffic_matches_a_plain_model(895, 5).await;
+    }
+
+    /// Random traffic, of which `new` in a thousand steps are new requests
+    /// and `retries` in a thousand retries; the rest let time pass.
+    async fn traffic_matches_a_plain_model(new: u64, retries: u64) {
         // The rules, kept the slow and obvious way: outcomes in a list,
         // oldest first, dropped from the front by age and by budget, each
         // costing its id, its frame as sent (WebSocket header included) and
@@ -887,9 +1018,10 @@ mod tests {
         };
         let mut next_id = 0u64;
         for step in 0..30_000 {
-            match below(10) {
+            let kind = below(1000);
+            match kind {
                 // A new request, remembered unless its outcome is retryable.
-                0..=5 => {
+                _ if kind < new => {
                     let id = format!("id-{next_id}-{}", "x".repeat(below(40) as usize));
                     next_id += 1;
                     let frame = format!("{step}:{}", "f".repeat(below(300) as usize));
@@ -911,7 +1043,7 @@ mod tests {
                     }
                 }
                 // A retry of some earlier request (or of one never seen).
-                6..=8 => {
+                _ if kind < new + retries => {
                     let n = below(next_id + 5);
                     let kept: Vec<String> = model.kept.iter().map(|(i, ..)| i.clone()).collect();
                     let id = match kept.len() {
@@ -948,6 +1080,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_index_serves_replays_while_they_last() {
+        let w = RetryWindow::new(
+            Duration::from_secs(120),
+            100 * (ENTRY_OVERHEAD + 20),
+            1 << 30,
+        );
+        let u = UserId::new("u").unwrap();
+        let id = |i: usize| MessageId::new(format!("m{i:04}")).unwrap();
+        let has_index = || w.0.users.get(&u).unwrap().lock().index.is_some();
+        let replays = |i: usize| matches!(begin(&w, &u, &id(i)), Begin::Replay(f) if f == Frame::from(format!("r{i:04}")));
+        for i in 0..300 {
+            settle_new(&w, &u, &id(i), &Frame::from(format!("r{i:04}")), true);
+        }
+        let kept = w.0.users.get(&u).unwrap().lock().count;
+        assert!(!has_index(), "no replay yet: no index");
+        assert!(matches!(begin(&w, &u, &id(0)), Begin::New(_)));
+        assert!(!has_index(), "a lookup that finds nothing builds no index");
+        assert!(replays(299));
+        assert!(has_index(), "a replay builds the index");
+        // While replays go on, it stays, and outcomes go in and out of it.
+        for i in 300..300 + 2 * kept {
+            settle_new(&w, &u, &id(i), &Frame::from(format!("r{i:04}")), true);
+            assert!(has_index(), "dropped while replays went on, at m{i:04}");
+            assert!(replays(i) && replays(i - kept / 2), "m{i:04}");
+        }
+        assert!(
+            matches!(begin(&w, &u, &id(299)), Begin::New(_)),
+            "m0299 was pushed out"
+        );
+        let indexed =
+            w.0.users
+                .get(&u)
+                .unwrap()
+                .lock()
+                .index
+                .as_ref()
+                .map(|i| i.len());
+        assert_eq!(indexed, Some(kept), "forgotten outcomes leave the index");
+        // A ring's worth of outcomes with no replay: the index goes.
+        let next = 300 + 2 * kept;
+        for i in next..next + kept + 1 {
+            settle_new(&w, &u, &id(i), &Frame::from(format!("r{i:04}")), true);
+        }
+        assert!(
+            !has_index(),
+            "no replay for a whole ring: the index is dropped"
+        );
+        assert!(replays(next + kept) && replays(next + 1));
+        assert!(has_index());
+    }
+
+    #[tokio::test]
     async fn a_full_window_holds_little_more_memory_than_its_budget() {
         // What the budget promises an operator: the memory a user's window
         // holds, spare capacity included, stays close to it while outcomes
@@ -965,7 +1149,8 @@ mod tests {
             let held = {
                 let window = shared.lock();
                 window.buffer.capacity()
-                    + window.index.capacity() * (std::mem::size_of::<u64>() + 1)
+                    + window.ids.bytes()
+                    + window.hashes.capacity() * std::mem::size_of::<u64>()
             };
             most = most.max(held);
         }
