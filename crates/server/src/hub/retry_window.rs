@@ -63,8 +63,9 @@ use crate::connection::Frame;
 use id_filter::IdFilter;
 
 /// Per-outcome memory besides its id and frame bytes (the record's header,
-/// its hash and its bits in the id filter, the rings' spare capacity), counted against
-/// the byte budgets so they are close to what outcomes really cost.
+/// its hash in the queue and its bits in the id filter, the spare capacity
+/// of both rings), counted against the byte budgets so they are close to
+/// what outcomes really cost.
 const ENTRY_OVERHEAD: usize = 64;
 
 /// Each remembered outcome is one record in its user's buffer: this header,
