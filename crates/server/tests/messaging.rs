@@ -338,6 +338,47 @@ async fn a_retried_message_id_is_delivered_once_and_gets_the_original_ack() {
 }
 
 #[tokio::test]
+async fn a_reconnected_tabs_burst_of_retries_is_answered_from_memory() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let server = TestServer::start(move |b| {
+        b.handler(handler_fn(move |_ctx, action| {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(json!({"call": n, "action": action.to_value()})) }
+        }))
+    })
+    .await;
+    let request = |i: usize| json!({"kind": "sendToServer", "id": format!("save-{i}"), "action": {"type": "SAVE", "n": i}});
+    let mut tab = Raw::connect(&server.url, "A").await;
+    for i in 0..300 {
+        tab.send_json(request(i)).await;
+    }
+    let mut answers = std::collections::HashMap::new();
+    for _ in 0..300 {
+        let answer = tab.next().await;
+        answers.insert(answer["id"].as_str().unwrap().to_owned(), answer);
+    }
+    drop(tab);
+    // The tab comes back and resends everything, newest first: the first
+    // retry finds its outcome by walking the user's outcomes, the rest
+    // through the index that replay builds.
+    let mut again = Raw::connect(&server.url, "A").await;
+    for i in (0..300).rev() {
+        again.send_json(request(i)).await;
+    }
+    for _ in 0..300 {
+        let answer = again.next().await;
+        let id = answer["id"].as_str().unwrap().to_owned();
+        assert_eq!(Some(&answer), answers.get(&id), "{id} replays its outcome");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 300, "no request ran twice");
+    assert_eq!(stats(&server).await["retriesReplayed"], 300);
+    // A new id after the burst still runs.
+    again.send_json(request(300)).await;
+    assert_eq!(again.next().await["result"]["call"], 300);
+}
+
+#[tokio::test]
 async fn a_retry_while_the_handler_runs_waits_and_the_handler_runs_once() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
