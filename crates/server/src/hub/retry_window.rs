@@ -13,11 +13,14 @@
 //! Every request passes through here, and at a steady rate every request
 //! also pushes the oldest outcome out, so the layout is chosen for the CPU
 //! cache and for memory rather than for convenience:
-//! - a user's outcomes are copied, each as one record (a small header, the
-//!   id, the frame), onto the end of one ring of bytes in the order they
-//!   finished: remembering allocates nothing once the ring has grown, and
-//!   forgetting touches only the oldest record (no per-outcome allocation to
-//!   free, no id to rehash, no reference count to drop). A ring, not a flat
+//! - a user's outcomes are copied, each as one record (the lengths, the id,
+//!   the frame), onto the end of one ring of bytes in the order they
+//!   finished, and what expiring, forgetting and lookups need of each (its
+//!   time, id hash and length) goes into a dense queue beside it
+//!   ([`Entry`]): remembering allocates nothing once both have grown, and
+//!   forgetting reads one entry and never the ring (no per-outcome
+//!   allocation to free, no id to rehash, no reference count to drop, no
+//!   cold line at the ring's far end). A ring, not a flat
 //!   buffer whose forgotten front is cut off now and then: that front and
 //!   the room kept for it held a third of the buffer, so a full window took
 //!   1.35× its budget where the ring takes about 1× (the test
@@ -27,9 +30,9 @@
 //! - whether an id is remembered is asked of a Bloom filter of the ids'
 //!   hashes first ([`id_filter`]: one cache line), and only when it says
 //!   "maybe" (a retry, or fewer than one new id in a thousand) are the
-//!   user's records walked. The filter is rebuilt from a plain queue of the
-//!   records' hashes as it fills, not from the ring, which would read all of
-//!   it once per turnover.
+//!   user's entries walked, and a record read only where a hash matches.
+//!   The filter is rebuilt from the entries as it fills, not from the ring,
+//!   which would read all of it once per turnover.
 //! - a hash index from id to record, which did this for every request
 //!   (finding, inserting and removing in it touched four or five cold cache
 //!   lines each time), is built only when a user's retries are replayed (a
@@ -63,23 +66,18 @@ use crate::connection::Frame;
 use id_filter::IdFilter;
 
 /// Per-outcome memory besides its id and frame bytes (the record's header,
-/// its hash in the queue and its bits in the id filter, the spare capacity
-/// of both rings), counted against the byte budgets so they are close to
-/// what outcomes really cost.
+/// its entry in the queue beside the ring and its bits in the id filter, the
+/// spare capacity of both), counted against the byte budgets so they are
+/// close to what outcomes really cost.
 const ENTRY_OVERHEAD: usize = 64;
 
-/// Each remembered outcome is one record in its user's buffer: this header,
-/// then the id's bytes, then the frame's. Little-endian fields: when it was
-/// recorded (nanoseconds since the window was created; the window is counted
-/// from here), the id's hash (so a lookup compares ids only on a hash match,
-/// and the id filter is rebuilt without the ids or the hasher), the frame's
+/// Each remembered outcome is one record in its user's ring: this header,
+/// then the id's bytes, then the frame's. Little-endian fields: the frame's
 /// length, the id's length.
-const HEADER: usize = 24;
+const HEADER: usize = 6;
 
 #[derive(Clone, Copy)]
 struct Header {
-    at: u64,
-    hash: u64,
     frame_len: u32,
     id_len: u16,
 }
@@ -87,31 +85,48 @@ struct Header {
 impl Header {
     fn encode(&self) -> [u8; HEADER] {
         let mut out = [0; HEADER];
-        out[0..8].copy_from_slice(&self.at.to_le_bytes());
-        out[8..16].copy_from_slice(&self.hash.to_le_bytes());
-        out[16..20].copy_from_slice(&self.frame_len.to_le_bytes());
-        out[20..22].copy_from_slice(&self.id_len.to_le_bytes());
+        out[0..4].copy_from_slice(&self.frame_len.to_le_bytes());
+        out[4..6].copy_from_slice(&self.id_len.to_le_bytes());
         out
     }
 
     fn decode(bytes: &[u8; HEADER]) -> Option<Self> {
         let field = |at: usize, len: usize| bytes.get(at..at + len);
         Some(Self {
-            at: u64::from_le_bytes(field(0, 8)?.try_into().ok()?),
-            hash: u64::from_le_bytes(field(8, 8)?.try_into().ok()?),
-            frame_len: u32::from_le_bytes(field(16, 4)?.try_into().ok()?),
-            id_len: u16::from_le_bytes(field(20, 2)?.try_into().ok()?),
+            frame_len: u32::from_le_bytes(field(0, 4)?.try_into().ok()?),
+            id_len: u16::from_le_bytes(field(4, 2)?.try_into().ok()?),
         })
     }
 
-    /// The whole record's length in the buffer.
+    /// The whole record's length in the ring.
     fn record_len(&self) -> usize {
         HEADER + usize::from(self.id_len) + self.frame_len as usize
     }
+}
 
-    /// What the outcome counts against the budgets.
+/// What expiring, forgetting and looking up need of a record, kept in a
+/// dense queue beside the ring rather than in the record's header: a
+/// request then reads the oldest outcome's time and length from an entry
+/// that shares its cache line with the next two, instead of from the far
+/// end of the ring, a line last touched when it was written, hundreds of
+/// the user's requests before. Walks and filter rebuilds read only this
+/// queue, and the ring only where a hash matches.
+#[derive(Clone, Copy)]
+struct Entry {
+    /// The id's hash.
+    hash: u64,
+    /// When the outcome was recorded: nanoseconds since the window was
+    /// created (the window is counted from here).
+    at: u64,
+    /// The record's length in the ring.
+    len: u32,
+}
+
+impl Entry {
+    /// What the outcome counts against the budgets: its id, its frame and
+    /// the overhead.
     fn cost(&self) -> usize {
-        cost(usize::from(self.id_len), self.frame_len as usize)
+        self.len as usize - HEADER + ENTRY_OVERHEAD
     }
 }
 
@@ -140,27 +155,19 @@ struct UserWindow {
     buffer: VecDeque<u8>,
     /// Position of `buffer[0]` (the oldest record) in the user's byte stream.
     buffer_start: u64,
-    /// How many records the ring holds.
-    count: usize,
-    /// Id hash → stream position of the outcome's record, kept only while
-    /// the user's retries are being replayed: a walk of the records per
+    /// One entry per record, in the same order.
+    entries: VecDeque<Entry>,
+    /// (id hash, stream position of the outcome's record), kept only while
+    /// the user's retries are being replayed: a walk of the entries per
     /// lookup is fine for the one in a thousand the filter lets through,
     /// not for a client resending a burst (or a bug resending forever).
     /// Built on a replay, dropped once the ring has turned over without one.
-    index: Option<HashTable<u64>>,
+    index: Option<HashTable<(u64, u64)>>,
     /// Outcomes remembered since the last replay, while `index` is kept.
     remembered_since_replay: usize,
-    /// The oldest record's header (`None` when the ring is empty), kept
-    /// here so that checking it for expiry on every request reads nothing
-    /// from the far end of the ring.
-    oldest: Option<Header>,
     /// The hashes of the remembered outcomes' ids (and of some forgotten
     /// ones, until it is next rebuilt).
     ids: IdFilter,
-    /// The same hashes in the records' order, for rebuilding the filter:
-    /// rebuilding it from the records' headers read the whole ring, cold,
-    /// once per turnover, which cost as much as the index it replaces.
-    hashes: VecDeque<u64>,
     /// Set when the window left the node's map (it was empty): a holder of
     /// the old slot must look the user up again.
     detached: bool,
@@ -173,18 +180,6 @@ type Locked = ArcMutexGuard<RawMutex, UserWindow>;
 /// and kept for the next ones.
 #[derive(Default)]
 pub(crate) struct UserSlot(Option<Shared>);
-
-/// The hash of each index entry, for the index to rehash when it grows or
-/// shrinks.
-fn hash_of(buffer: &VecDeque<u8>, buffer_start: u64) -> impl Fn(&u64) -> u64 + '_ {
-    move |&pos| header_at(buffer, buffer_start, pos).map_or(0, |h| h.hash)
-}
-
-fn header_at(buffer: &VecDeque<u8>, buffer_start: u64, pos: u64) -> Option<Header> {
-    let mut header = [0; HEADER];
-    copy_out(buffer, pos.checked_sub(buffer_start)?, &mut header)?;
-    Header::decode(&header)
-}
 
 /// The ring's two contiguous parts, cut to the `len` bytes at `from`.
 fn ring_range(buffer: &VecDeque<u8>, from: u64, len: usize) -> Option<(&[u8], &[u8])> {
@@ -219,20 +214,23 @@ impl UserWindow {
             running: HashTable::new(),
             buffer: VecDeque::new(),
             buffer_start: 0,
-            count: 0,
+            entries: VecDeque::new(),
             index: None,
             remembered_since_replay: 0,
-            oldest: None,
             ids: IdFilter::new(),
-            hashes: VecDeque::new(),
             detached: false,
         }
     }
 
-    /// Budgeted bytes of the remembered outcomes ([`Header::cost`] each):
+    /// How many outcomes the window remembers.
+    fn count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Budgeted bytes of the remembered outcomes ([`Entry::cost`] each):
     /// their records, less a header each, plus the overhead each counts.
     fn bytes(&self) -> usize {
-        self.buffer.len() + self.count * ENTRY_OVERHEAD - self.count * HEADER
+        self.buffer.len() + self.count() * ENTRY_OVERHEAD - self.count() * HEADER
     }
 
     fn nanos_since_created(&self, t: Instant) -> u64 {
@@ -240,7 +238,13 @@ impl UserWindow {
     }
 
     fn header(&self, pos: u64) -> Option<Header> {
-        header_at(&self.buffer, self.buffer_start, pos)
+        let mut header = [0; HEADER];
+        copy_out(
+            &self.buffer,
+            pos.checked_sub(self.buffer_start)?,
+            &mut header,
+        )?;
+        Header::decode(&header)
     }
 
     /// The bytes `len` long at `offset` past the start of the record at
@@ -252,26 +256,26 @@ impl UserWindow {
         ring_range(&self.buffer, from, len)
     }
 
-    /// The records' positions and headers, oldest first.
-    fn records(&self) -> impl Iterator<Item = (u64, Header)> + '_ {
+    /// The records' stream positions and entries, oldest first.
+    fn records(&self) -> impl Iterator<Item = (u64, Entry)> + '_ {
         let mut pos = self.buffer_start;
-        (0..self.count).map_while(move |_| {
-            let h = self.header(pos)?;
+        self.entries.iter().map(move |&e| {
             let at = pos;
-            pos += h.record_len() as u64;
-            Some((at, h))
+            pos += u64::from(e.len);
+            (at, e)
         })
     }
 
-    /// Whether the record at `pos` (whose header is `h`) is `id`'s.
-    fn is_record_of(&self, pos: u64, h: Header, hash: u64, id: &str) -> bool {
-        h.hash == hash
-            && usize::from(h.id_len) == id.len()
-            && self.stored(pos, HEADER, id.len()).is_some_and(|(a, b)| {
-                id.as_bytes()
-                    .split_at_checked(a.len())
-                    .is_some_and(|(x, y)| a == x && b == y)
-            })
+    /// Whether the record at `pos` holds `id`.
+    fn holds(&self, pos: u64, id: &str) -> bool {
+        self.header(pos).is_some_and(|h| {
+            usize::from(h.id_len) == id.len()
+                && self.stored(pos, HEADER, id.len()).is_some_and(|(a, b)| {
+                    id.as_bytes()
+                        .split_at_checked(a.len())
+                        .is_some_and(|(x, y)| a == x && b == y)
+                })
+        })
     }
 
     /// The outcome remembered for `id`, as its record's position.
@@ -281,40 +285,33 @@ impl UserWindow {
         }
         let pos = match &self.index {
             Some(index) => index
-                .find(hash, |&pos| {
-                    self.header(pos)
-                        .is_some_and(|h| self.is_record_of(pos, h, hash, id))
-                })
-                .copied(),
+                .find(hash, |&(h, pos)| h == hash && self.holds(pos, id))
+                .map(|&(_, pos)| pos),
             None => self
                 .records()
-                .find(|&(pos, h)| self.is_record_of(pos, h, hash, id))
+                .find(|&(pos, e)| e.hash == hash && self.holds(pos, id))
                 .map(|(pos, _)| pos),
         }?;
         // A replay: a client that reconnected resends all it had in flight,
         // so the next lookups go through an index instead of a walk each.
         if self.index.is_none() {
-            self.build_index();
+            let mut index = HashTable::with_capacity(self.count());
+            for (pos, e) in self.records() {
+                index.insert_unique(e.hash, (e.hash, pos), |&(h, _)| h);
+            }
+            self.index = Some(index);
         }
         self.remembered_since_replay = 0;
         Some(pos)
-    }
-
-    fn build_index(&mut self) {
-        let mut index = HashTable::with_capacity(self.count);
-        for (pos, h) in self.records() {
-            index.insert_unique(h.hash, pos, hash_of(&self.buffer, self.buffer_start));
-        }
-        self.index = Some(index);
     }
 
     /// Empties the id filter and puts back the ids still remembered, sized
     /// for twice as many: at a steady count the next rebuild is as many
     /// requests away as the ring holds outcomes.
     fn rebuild_ids(&mut self, room_for: usize) {
-        self.ids.reset(2 * room_for.max(self.count));
-        for &hash in &self.hashes {
-            self.ids.add(hash);
+        self.ids.reset(2 * room_for.max(self.count()));
+        for e in &self.entries {
+            self.ids.add(e.hash);
         }
     }
 
@@ -327,31 +324,32 @@ impl UserWindow {
 
     fn remember(&mut self, began: Instant, hash: u64, id: &MessageId, frame: &Frame) {
         let header = Header {
-            at: self.nanos_since_created(began),
-            hash,
             // Ids are at most MAX_ID_BYTES (128) and frames at most the
             // message limit, far below these bounds.
             frame_len: frame.len() as u32,
             id_len: id.as_str().len() as u16,
         };
+        let entry = Entry {
+            hash,
+            at: self.nanos_since_created(began),
+            len: header.record_len() as u32,
+        };
         self.make_room(header.record_len());
         if self.ids.is_full() {
-            self.rebuild_ids(self.count + 1);
+            self.rebuild_ids(self.count() + 1);
         }
         let pos = self.buffer_start + self.buffer.len() as u64;
         self.buffer.extend(&header.encode());
         self.buffer.extend(id.as_str().as_bytes());
         self.buffer.extend(frame.bytes());
-        self.count += 1;
-        self.oldest.get_or_insert(header);
+        self.entries.push_back(entry);
         self.ids.add(hash);
-        self.hashes.push_back(hash);
         if let Some(index) = &mut self.index {
             self.remembered_since_replay += 1;
-            if self.remembered_since_replay > self.count {
+            if self.remembered_since_replay > self.entries.len() {
                 self.index = None;
             } else {
-                index.insert_unique(hash, pos, hash_of(&self.buffer, self.buffer_start));
+                index.insert_unique(hash, (hash, pos), |&(h, _)| h);
             }
         }
     }
@@ -371,26 +369,21 @@ impl UserWindow {
     /// id stays in the filter until the next rebuild: a lookup that the
     /// filter lets through finds no record and costs one walk.
     fn forget_oldest(&mut self) -> usize {
-        let Some(oldest) = self.oldest.take() else {
+        let Some(oldest) = self.entries.pop_front() else {
             return 0;
         };
         if let Some(index) = &mut self.index {
             let pos = self.buffer_start;
-            if let Ok(slot) = index.find_entry(oldest.hash, |&p| p == pos) {
+            if let Ok(slot) = index.find_entry(oldest.hash, |&(_, p)| p == pos) {
                 slot.remove();
             }
         }
         // Outcomes leave in the order they came, so the oldest one's record
         // is the ring's front, and records are written whole; the bound only
         // keeps a broken invariant from becoming a panic.
-        let len = oldest.record_len().min(self.buffer.len());
+        let len = (oldest.len as usize).min(self.buffer.len());
         self.buffer.drain(..len);
         self.buffer_start += len as u64;
-        self.count -= 1;
-        self.hashes.pop_front();
-        if self.count > 0 {
-            self.oldest = self.header(self.buffer_start);
-        }
         oldest.cost()
     }
 
@@ -400,8 +393,9 @@ impl UserWindow {
         let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
         let mut freed = 0;
         while self
-            .oldest
-            .is_some_and(|h| now.saturating_sub(h.at) >= window)
+            .entries
+            .front()
+            .is_some_and(|e| now.saturating_sub(e.at) >= window)
         {
             freed += self.forget_oldest();
         }
@@ -409,17 +403,17 @@ impl UserWindow {
     }
 
     fn is_empty(&self) -> bool {
-        self.running.is_empty() && self.count == 0
+        self.running.is_empty() && self.entries.is_empty()
     }
 
     /// Gives back memory a burst left behind once the user is quieter.
     fn shrink(&mut self) {
         if self.buffer.capacity() > 4 * self.buffer.len().max(1024) {
             self.buffer.shrink_to(2 * self.buffer.len());
-            self.hashes.shrink_to(2 * self.count);
-            self.rebuild_ids(self.count);
+            self.entries.shrink_to(2 * self.entries.len());
+            self.rebuild_ids(self.count());
             if let Some(index) = &mut self.index {
-                index.shrink_to_fit(hash_of(&self.buffer, self.buffer_start));
+                index.shrink_to_fit(|&(h, _)| h);
             }
         }
     }
@@ -581,13 +575,13 @@ impl RetryWindow {
             let cost = cost(id.as_str().len(), frame.len());
             let total = self.0.total_bytes.load(Ordering::Relaxed);
             // At the node's cap, make room from this user's own oldest.
-            while remember && total + cost > self.0.max_bytes_total + freed && w.count > 0 {
+            while remember && total + cost > self.0.max_bytes_total + freed && w.count() > 0 {
                 freed += w.forget_oldest();
             }
             if remember && total + cost <= self.0.max_bytes_total + freed {
                 // Room is made before the record goes in, so that at the
                 // budget the ring need not grow past it to hold one more.
-                while w.count > 0 && w.bytes() + cost > self.0.max_bytes_per_user {
+                while w.count() > 0 && w.bytes() + cost > self.0.max_bytes_per_user {
                     freed += w.forget_oldest();
                 }
                 if cost <= self.0.max_bytes_per_user {
@@ -919,7 +913,7 @@ mod tests {
             }
         }
         assert!(w.total_bytes() <= 20 * (ENTRY_OVERHEAD + 30));
-        let remembered = w.0.users.get(&u).map(|w| w.lock().count);
+        let remembered = w.0.users.get(&u).map(|w| w.lock().count());
         assert!(
             remembered.is_some_and(|n| (10..=20).contains(&n)),
             "{remembered:?} outcomes in {} bytes",
@@ -942,7 +936,7 @@ mod tests {
             let m = MessageId::new(format!("c{i:03}")).unwrap();
             settle_new(&w, &u, &m, &Frame::from(format!("r{i:03}")), true);
         }
-        let kept = w.0.users.get(&u).map_or(0, |w| w.lock().count);
+        let kept = w.0.users.get(&u).map_or(0, |w| w.lock().count());
         assert!((6..=8).contains(&kept), "{kept} outcomes kept");
         for i in 0..500 {
             let m = MessageId::new(format!("c{i:03}")).unwrap();
@@ -1094,7 +1088,7 @@ mod tests {
         for i in 0..300 {
             settle_new(&w, &u, &id(i), &Frame::from(format!("r{i:04}")), true);
         }
-        let kept = w.0.users.get(&u).unwrap().lock().count;
+        let kept = w.0.users.get(&u).unwrap().lock().count();
         assert!(!has_index(), "no replay yet: no index");
         assert!(matches!(begin(&w, &u, &id(0)), Begin::New(_)));
         assert!(!has_index(), "a lookup that finds nothing builds no index");
@@ -1151,7 +1145,7 @@ mod tests {
                 let window = shared.lock();
                 window.buffer.capacity()
                     + window.ids.bytes()
-                    + window.hashes.capacity() * std::mem::size_of::<u64>()
+                    + window.entries.capacity() * std::mem::size_of::<Entry>()
             };
             most = most.max(held);
         }
@@ -1181,7 +1175,7 @@ mod tests {
         w.sweep();
         let shared = w.0.users.get(&u).expect("`later` is still remembered");
         let users = shared.lock();
-        assert_eq!(users.count, 1);
+        assert_eq!(users.count(), 1);
         assert!(
             users.buffer.capacity() <= 4096,
             "the buffer keeps {} bytes of capacity for one outcome",
