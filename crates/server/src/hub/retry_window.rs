@@ -306,10 +306,10 @@ impl UserWindow {
     }
 
     /// Empties the id filter and puts back the ids still remembered, sized
-    /// for twice as many: at a steady count the next rebuild is as many
-    /// requests away as the ring holds outcomes.
+    /// for twice `room_for` (at least the count): at a steady count the next
+    /// rebuild is as many requests away as the ring holds outcomes.
     fn rebuild_ids(&mut self, room_for: usize) {
-        self.ids.reset(2 * room_for.max(self.count()));
+        self.ids.reset(2 * room_for);
         for e in &self.entries {
             self.ids.add(e.hash);
         }
