@@ -456,8 +456,13 @@ def run_one(env, workload, target, params, server_env=None):
     finally:
         srv.stop()
     res["target"] = target
-    if server_env and (target == "pubsub" or target.startswith("echo")):
-        res["server_env"] = dict(server_env)
+    # Only the settings that reach this target: PubSub's for pubsub, the
+    # floor's (ECHO_FLOOR_*) for the floor.
+    own = {k: v for k, v in (server_env or {}).items()
+           if (target == "pubsub" and not k.startswith("ECHO_FLOOR_"))
+           or (target.startswith("echo") and k.startswith("ECHO_FLOOR_"))}
+    if own:
+        res["server_env"] = own
     if target == "pubsub":
         res["server_build"] = server_build(env)
     elif target.startswith("sockudo"):
