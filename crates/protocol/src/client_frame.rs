@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use crate::action::{ActionError, ActionRef};
 use crate::codes::ErrorCode;
 use crate::ids::{MessageId, Topic, UserId};
+use crate::received::{self, Received, ReceivedText};
 use crate::scan::{plain_json_string, skip_ws};
 use crate::validate::{self, TypeMember};
 
@@ -36,7 +37,9 @@ pub mod kind {
 #[derive(Debug, Clone)]
 pub enum ClientFrame<'a> {
     /// A request: settles with exactly one `ack` or `error` carrying its id.
-    Request(Request<'a>),
+    /// With it, the ids of earlier requests whose acks the client reports
+    /// as received (`received`, usually empty).
+    Request(Request<'a>, Received<'a>),
     /// This client became active (visible, in use) or idle. Acked only with an id.
     Activity { id: Option<MessageId>, active: bool },
     /// The client checks the connection; the server answers `pong` with the same id.
@@ -117,7 +120,7 @@ impl ClientFrame<'_> {
     /// The frame's id, for frames that carry one.
     pub fn id(&self) -> Option<&MessageId> {
         match self {
-            ClientFrame::Request(r) => Some(r.id()),
+            ClientFrame::Request(r, _) => Some(r.id()),
             ClientFrame::Ping { id } | ClientFrame::Activity { id, .. } => id.as_ref(),
             ClientFrame::Pong => None,
         }
@@ -125,7 +128,7 @@ impl ClientFrame<'_> {
 
     pub fn kind(&self) -> &'static str {
         match self {
-            ClientFrame::Request(r) => r.kind().as_str(),
+            ClientFrame::Request(r, _) => r.kind().as_str(),
             ClientFrame::Activity { .. } => kind::ACTIVITY,
             ClientFrame::Ping { .. } => kind::PING,
             ClientFrame::Pong => kind::PONG,
@@ -162,7 +165,7 @@ pub struct FrameError {
 }
 
 impl FrameError {
-    fn new(code: ErrorCode, message: impl Into<String>, id: Option<MessageId>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>, id: Option<MessageId>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -183,6 +186,7 @@ struct Envelope<'a> {
     users: Option<&'a str>,
     echo: Option<&'a str>,
     active: Option<&'a str>,
+    received: Option<ReceivedText<'a>>,
 }
 
 impl<'a> Envelope<'a> {
@@ -211,6 +215,10 @@ impl<'a> Envelope<'a> {
             users: env.users.map(RawValue::get),
             echo: env.echo.map(RawValue::get),
             active: env.active.map(RawValue::get),
+            received: env.received.map(|raw| ReceivedText {
+                json: raw.get(),
+                plain: false,
+            }),
         })
     }
 
@@ -251,6 +259,7 @@ impl<'a> Envelope<'a> {
                     "action" => fill(&mut env.action, action_value(rest)?)?,
                     "to" => fill(&mut env.to, not_null(one_value(rest)?)?)?,
                     "users" => fill(&mut env.users, not_null(one_value(rest)?)?)?,
+                    "received" => fill(&mut env.received, received_value(rest)?)?,
                     // Any other member is ignored, once it is found valid.
                     _ => one_value(rest)?.len(),
                 };
@@ -277,6 +286,12 @@ trait ValueText {
 impl ValueText for &str {
     fn text_len(&self) -> usize {
         self.len()
+    }
+}
+
+impl ValueText for ReceivedText<'_> {
+    fn text_len(&self) -> usize {
+        self.json.len()
     }
 }
 
@@ -326,6 +341,18 @@ fn action_value(rest: &str) -> Option<ActionText<'_>> {
     })
 }
 
+/// `received` at the start of `rest`: the list clients send is checked here
+/// in full, anything else only as JSON (and by serde later).
+fn received_value(rest: &str) -> Option<ReceivedText<'_>> {
+    Some(match received::plain_list(rest) {
+        Some(json) => ReceivedText { json, plain: true },
+        None => ReceivedText {
+            json: not_null(one_value(rest)?)?,
+            plain: false,
+        },
+    })
+}
+
 /// For `to` and `users`, `null` means absent: serde's case.
 fn not_null(value: &str) -> Option<&str> {
     (value != "null").then_some(value)
@@ -349,6 +376,8 @@ struct SerdeEnvelope<'a> {
     echo: Option<&'a RawValue>,
     #[serde(borrow)]
     active: Option<&'a RawValue>,
+    #[serde(borrow)]
+    received: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -447,68 +476,72 @@ pub fn decode_client_frame<'a>(
         })
     };
 
-    match &*kind {
+    let request = match &*kind {
         kind::BROADCAST => {
             let id = need_id(id)?;
             let action = need_action(&id)?;
-            Ok(ClientFrame::Request(Request::Broadcast { id, action }))
+            Request::Broadcast { id, action }
         }
         kind::SEND_TO_USER => {
             let id = need_id(id)?;
             let to = decode_recipients(env.to, &id, limits)?;
             let action = need_action(&id)?;
-            Ok(ClientFrame::Request(Request::SendToUser { id, to, action }))
+            Request::SendToUser { id, to, action }
         }
         kind::SEND_TO_SERVER => {
             let id = need_id(id)?;
             let action = need_action(&id)?;
-            Ok(ClientFrame::Request(Request::SendToServer { id, action }))
+            Request::SendToServer { id, action }
         }
         kind::PUBLISH => {
             let id = need_id(id)?;
             let topic = decode_topic(env.topic, &id)?;
             let echo = decode_bool(env.echo, "echo", Some(&id))?.unwrap_or(false);
             let action = need_action(&id)?;
-            Ok(ClientFrame::Request(Request::Publish {
+            Request::Publish {
                 id,
                 topic,
                 action,
                 echo,
-            }))
+            }
         }
         kind::JOIN => {
             let id = need_id(id)?;
             let topic = decode_topic(env.topic, &id)?;
-            Ok(ClientFrame::Request(Request::Join { id, topic }))
+            Request::Join { id, topic }
         }
         kind::LEAVE => {
             let id = need_id(id)?;
             let topic = decode_topic(env.topic, &id)?;
-            Ok(ClientFrame::Request(Request::Leave { id, topic }))
+            Request::Leave { id, topic }
         }
         kind::PRESENCE | kind::WATCH | kind::UNWATCH => {
             let id = need_id(id)?;
             let users = decode_users(env.users, "users", &id, limits.max_users_per_request)?;
-            Ok(ClientFrame::Request(match &*kind {
+            match &*kind {
                 kind::PRESENCE => Request::Presence { id, users },
                 kind::WATCH => Request::Watch { id, users },
                 _ => Request::Unwatch { id, users },
-            }))
+            }
         }
         kind::ACTIVITY => {
             let active = decode_bool(env.active, "active", id.as_ref())?.ok_or_else(|| {
                 FrameError::new(ErrorCode::InvalidField, "missing `active`", id.clone())
             })?;
-            Ok(ClientFrame::Activity { id, active })
+            return Ok(ClientFrame::Activity { id, active });
         }
-        kind::PING => Ok(ClientFrame::Ping { id }),
-        kind::PONG => Ok(ClientFrame::Pong),
-        other => Err(FrameError::new(
-            ErrorCode::UnknownKind,
-            format!("unknown kind `{}`", truncate(other, 64)),
-            id,
-        )),
-    }
+        kind::PING => return Ok(ClientFrame::Ping { id }),
+        kind::PONG => return Ok(ClientFrame::Pong),
+        other => {
+            return Err(FrameError::new(
+                ErrorCode::UnknownKind,
+                format!("unknown kind `{}`", truncate(other, 64)),
+                id,
+            ));
+        }
+    };
+    let received = Received::decode(env.received, request.id())?;
+    Ok(ClientFrame::Request(request, received))
 }
 
 fn decode_recipients(
@@ -661,6 +694,10 @@ pub struct OutgoingFrame<'a> {
     pub active: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<&'a RawValue>,
+    /// Ids of earlier requests whose acks arrived (docs/protocol.md 2.2.1);
+    /// omitted when empty.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub received: &'a [MessageId],
 }
 
 impl OutgoingFrame<'_> {
@@ -726,7 +763,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            matches!(f, ClientFrame::Request(Request::SendToServer { id, .. }) if id.as_str() == "m-1")
+            matches!(f, ClientFrame::Request(Request::SendToServer { id, .. }, _) if id.as_str() == "m-1")
         );
         let long = "a".repeat(crate::ids::MAX_ID_BYTES + 1);
         for bad_id in [
@@ -755,7 +792,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             f,
-            ClientFrame::Request(Request::Publish { echo: true, .. })
+            ClientFrame::Request(Request::Publish { echo: true, .. }, _)
         ));
         let e = decode_client_frame(r#"{"kind":"join","id":"j","topic":"bad topic"}"#, &limits())
             .unwrap_err();
@@ -763,7 +800,7 @@ mod tests {
         let f =
             decode_client_frame(r#"{"kind":"watch","id":"w","users":["a",1]}"#, &limits()).unwrap();
         assert!(
-            matches!(f, ClientFrame::Request(Request::Watch { users, .. }) if users.len() == 2)
+            matches!(f, ClientFrame::Request(Request::Watch { users, .. }, _) if users.len() == 2)
         );
         let f = decode_client_frame(r#"{"kind":"activity","active":false}"#, &limits()).unwrap();
         assert!(matches!(
@@ -789,7 +826,7 @@ mod tests {
         )
         .unwrap();
         match f {
-            ClientFrame::Request(Request::SendToUser { id, to, action }) => {
+            ClientFrame::Request(Request::SendToUser { id, to, action }, _) => {
                 assert_eq!(id.as_str(), "m1");
                 assert_eq!(
                     to,
@@ -826,7 +863,10 @@ mod tests {
             &limits(),
         )
         .unwrap();
-        assert!(matches!(f, ClientFrame::Request(Request::Broadcast { .. })));
+        assert!(matches!(
+            f,
+            ClientFrame::Request(Request::Broadcast { .. }, _)
+        ));
     }
 
     #[test]
@@ -988,6 +1028,43 @@ mod tests {
         assert!(
             taken > 500 && taken < total,
             "{taken} of {total} taken by the scan"
+        );
+    }
+
+    #[test]
+    fn received_rides_on_requests_through_the_scan_and_through_serde() {
+        let received = |text: &str| match decode_client_frame(text, &limits()) {
+            Ok(ClientFrame::Request(_, r)) => r.iter().map(str::to_owned).collect::<Vec<_>>(),
+            other => panic!("{text}: {other:?}"),
+        };
+        let scanned =
+            r#"{"kind":"sendToServer","id":"m-3","action":{"type":"t"},"received":["m-1","m-2"]}"#;
+        assert!(Envelope::scan(scanned).is_some_and(|e| e.received.is_some_and(|r| r.plain)));
+        assert_eq!(received(scanned), ["m-1", "m-2"]);
+        // An escaped key sends the whole frame to serde.
+        let via_serde = r#"{"kind":"sendToServer","id":"m-3","action":{"type":"t"},"\u0072eceived":["m-1","m\u002d2"]}"#;
+        assert!(Envelope::scan(via_serde).is_none());
+        assert_eq!(received(via_serde), ["m-1", "m-2"]);
+        for absent in [
+            r#"{"kind":"join","id":"j","topic":"t"}"#,
+            r#"{"kind":"join","id":"j","topic":"t","received":null}"#,
+            r#"{"kind":"join","id":"j","topic":"t","received":[]}"#,
+        ] {
+            assert!(received(absent).is_empty(), "{absent}");
+        }
+        // Not a request: ignored, even when it would be invalid.
+        assert!(matches!(
+            decode_client_frame(r#"{"kind":"ping","received":[1]}"#, &limits()),
+            Ok(ClientFrame::Ping { .. })
+        ));
+        let bad = decode_client_frame(
+            r#"{"kind":"publish","id":"p","topic":"t","action":{"type":"t"},"received":["ok",7]}"#,
+            &limits(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (bad.code, bad.id.as_ref().map(MessageId::as_str)),
+            (ErrorCode::InvalidField, Some("p"))
         );
     }
 }

@@ -33,7 +33,7 @@ pub enum IdError {
     WrongType,
 }
 
-fn validate(s: &str) -> Result<(), IdError> {
+pub(crate) fn validate(s: &str) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty);
     }

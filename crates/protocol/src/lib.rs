@@ -4,6 +4,7 @@
 //! - [`action`]: the application payload (`{"type": …}`), validated but never re-serialised.
 //! - [`client_frame`]: frames from clients — decoded by the server, encoded by clients.
 //! - [`server_frame`]: frames from the server — encoded by the server, decoded by clients.
+//! - [`received`]: the acked ids a request reports, so the server can forget their outcomes.
 //! - [`codes`]: numbered error codes and WebSocket close codes with their advice.
 //! - [`presence`]: the presence model and system event types.
 //! - [`limits`]: default limits.
@@ -18,6 +19,7 @@ pub mod codes;
 pub mod ids;
 pub mod limits;
 pub mod presence;
+pub mod received;
 mod scan;
 pub mod server_frame;
 #[cfg(test)]
@@ -31,6 +33,7 @@ pub use client_frame::{
 pub use codes::{CloseAdvice, ErrorCode, close, close_advice};
 pub use ids::{ClientId, IdError, MessageId, Topic, TopicError, UserId};
 pub use presence::{Presence, UserStatus, events};
+pub use received::{MAX_RECEIVED, Received};
 pub use server_frame::{
     Delivery, ErrorFrame, EventFrame, Limits, PROTOCOL_VERSION, Sender, ServerFrame, Via, Welcome,
     decode_server_frame,

@@ -32,37 +32,46 @@ fn describe(frame: &ClientFrame<'_>) -> Value {
         out["id"] = id.as_str().into();
     }
     match frame {
-        ClientFrame::Request(request) => match request {
-            Request::Broadcast { action, .. } | Request::SendToServer { action, .. } => {
-                out["actionType"] = action.action_type().into();
+        ClientFrame::Request(request, received) => {
+            if !received.is_empty() {
+                out["received"] = received.iter().collect::<Vec<_>>().into();
             }
-            Request::SendToUser { to, action, .. } => {
-                out["to"] = serde_json::to_value(to).unwrap();
-                out["actionType"] = action.action_type().into();
-            }
-            Request::Publish {
-                topic,
-                action,
-                echo,
-                ..
-            } => {
-                out["topic"] = topic.as_str().into();
-                out["echo"] = (*echo).into();
-                out["actionType"] = action.action_type().into();
-            }
-            Request::Join { topic, .. } | Request::Leave { topic, .. } => {
-                out["topic"] = topic.as_str().into();
-            }
-            Request::Presence { users, .. }
-            | Request::Watch { users, .. }
-            | Request::Unwatch { users, .. } => {
-                out["users"] = serde_json::to_value(users).unwrap();
-            }
-        },
+            describe_request(request, &mut out);
+        }
         ClientFrame::Activity { active, .. } => out["active"] = (*active).into(),
         ClientFrame::Ping { .. } | ClientFrame::Pong => {}
     }
     out
+}
+
+fn describe_request(request: &Request<'_>, out: &mut Value) {
+    match request {
+        Request::Broadcast { action, .. } | Request::SendToServer { action, .. } => {
+            out["actionType"] = action.action_type().into();
+        }
+        Request::SendToUser { to, action, .. } => {
+            out["to"] = serde_json::to_value(to).unwrap();
+            out["actionType"] = action.action_type().into();
+        }
+        Request::Publish {
+            topic,
+            action,
+            echo,
+            ..
+        } => {
+            out["topic"] = topic.as_str().into();
+            out["echo"] = (*echo).into();
+            out["actionType"] = action.action_type().into();
+        }
+        Request::Join { topic, .. } | Request::Leave { topic, .. } => {
+            out["topic"] = topic.as_str().into();
+        }
+        Request::Presence { users, .. }
+        | Request::Watch { users, .. }
+        | Request::Unwatch { users, .. } => {
+            out["users"] = serde_json::to_value(users).unwrap();
+        }
+    }
 }
 
 /// The action's JSON as the client-side encoder takes it.
@@ -78,7 +87,7 @@ fn encode(frame: &ClientFrame<'_>) -> String {
         ..OutgoingFrame::default()
     };
     match frame {
-        ClientFrame::Request(request) => match request {
+        ClientFrame::Request(request, _) => match request {
             Request::Broadcast { action, .. } | Request::SendToServer { action, .. } => {
                 out.action = Some(raw(action));
             }

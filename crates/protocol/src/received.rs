@@ -1,0 +1,197 @@
+//! `received`: the ids of earlier requests whose acks a client reports
+//! having received (docs/protocol.md 2.2.1), so that the server can forget
+//! their outcomes instead of keeping them for the whole retry window.
+//!
+//! It rides on request frames, most of which carry one or two ids, so the
+//! usual list (plain strings) is checked in the frame's one scan
+//! ([`plain_list`]), stays borrowed text of the frame and is walked again
+//! where it is used: no allocation per request. Anything else (escaped
+//! ids) goes through serde once.
+
+use crate::client_frame::FrameError;
+use crate::codes::ErrorCode;
+use crate::ids::{self, MessageId};
+use crate::scan::{plain_json_string, skip_ws};
+
+/// Most ids one frame may report.
+pub const MAX_RECEIVED: usize = 64;
+
+/// The ids a request frame reports as acked: empty unless it had `received`.
+#[derive(Debug, Clone, Default)]
+pub struct Received<'a>(Ids<'a>);
+
+#[derive(Debug, Clone, Default)]
+enum Ids<'a> {
+    #[default]
+    None,
+    /// A JSON array of at most [`MAX_RECEIVED`] strings, each a valid id with
+    /// nothing to unescape (checked when decoded).
+    Plain(&'a str),
+    Owned(Vec<MessageId>),
+}
+
+/// The JSON text of a frame's `received` member, and whether the frame's
+/// scan already found it a short list of plain ids ([`plain_list`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReceivedText<'a> {
+    pub(crate) json: &'a str,
+    pub(crate) plain: bool,
+}
+
+/// The list at the start of `rest` if it is what clients send: at most
+/// [`MAX_RECEIVED`] strings, each a valid id with nothing to unescape. Its
+/// text, brackets included; `None` for anything else, which serde then
+/// decides.
+pub(crate) fn plain_list(rest: &str) -> Option<&str> {
+    let b = rest.as_bytes();
+    if *b.first()? != b'[' {
+        return None;
+    }
+    let mut i = skip_ws(b, 1);
+    if *b.get(i)? == b']' {
+        return Some(&rest[..=i]);
+    }
+    for _ in 0..MAX_RECEIVED {
+        let quoted = plain_json_string(rest.get(i..)?)?;
+        ids::validate(&quoted[1..quoted.len() - 1]).ok()?;
+        i = skip_ws(b, i + quoted.len());
+        match *b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b']' => return Some(&rest[..=i]),
+            _ => return None,
+        }
+    }
+    None
+}
+
+impl<'a> Received<'a> {
+    /// Reads `received` (`None` when absent) of the request `id`.
+    pub(crate) fn decode(
+        raw: Option<ReceivedText<'a>>,
+        id: &MessageId,
+    ) -> Result<Self, FrameError> {
+        let Some(ReceivedText { json: raw, plain }) = raw else {
+            return Ok(Self::default());
+        };
+        if plain || plain_list(raw).is_some() {
+            return Ok(Self(if raw[1..].trim_start().starts_with(']') {
+                Ids::None
+            } else {
+                Ids::Plain(raw)
+            }));
+        }
+        match serde_json::from_str::<Vec<MessageId>>(raw) {
+            Ok(ids) if ids.len() <= MAX_RECEIVED => Ok(Self(if ids.is_empty() {
+                Ids::None
+            } else {
+                Ids::Owned(ids)
+            })),
+            _ => Err(FrameError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "`received` must be a list of at most {MAX_RECEIVED} request ids (strings of 1 to {} bytes)",
+                    crate::ids::MAX_ID_BYTES
+                ),
+                Some(id.clone()),
+            )),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self.0, Ids::None)
+    }
+
+    /// The reported ids, in the order the client listed them.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let (plain, owned) = match &self.0 {
+            Ids::None => (None, &[][..]),
+            Ids::Plain(raw) => (plain_ids(raw), &[][..]),
+            Ids::Owned(ids) => (None, &ids[..]),
+        };
+        // Checked when decoded: a plain list yields only ids.
+        plain
+            .into_iter()
+            .flatten()
+            .map_while(std::convert::identity)
+            .chain(owned.iter().map(MessageId::as_str))
+    }
+}
+
+/// The strings of a JSON array (`text` is its whole value) as they stand,
+/// while each has nothing to unescape: `None` from the iterator at the first
+/// that does, or at anything else it does not expect; `None` outright if
+/// `text` is not an array.
+fn plain_ids(text: &str) -> Option<impl Iterator<Item = Option<&str>>> {
+    let b = text.as_bytes();
+    if b.first() != Some(&b'[') {
+        return None;
+    }
+    let mut i = skip_ws(b, 1);
+    let mut done = b.get(i) == Some(&b']');
+    Some(std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let step = (|| {
+            let quoted = plain_json_string(text.get(i..)?)?;
+            let id = &quoted[1..quoted.len() - 1];
+            i = skip_ws(b, i + quoted.len());
+            match *b.get(i)? {
+                b',' => i = skip_ws(b, i + 1),
+                b']' => done = true,
+                _ => return None,
+            }
+            Some(id)
+        })();
+        if step.is_none() {
+            done = true;
+        }
+        Some(step)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(raw: &str) -> Result<Vec<String>, FrameError> {
+        let id = MessageId::new("r").unwrap();
+        let plain = plain_list(raw).is_some_and(|text| text.len() == raw.len());
+        let text = ReceivedText { json: raw, plain };
+        Received::decode(Some(text), &id).map(|r| r.iter().map(str::to_owned).collect())
+    }
+
+    #[test]
+    fn plain_and_escaped_lists_yield_their_ids_in_order() {
+        assert_eq!(decoded(r#"["a-1","b-2"]"#).unwrap(), ["a-1", "b-2"]);
+        assert_eq!(decoded(r#"[ "a-1" , "b-2" ]"#).unwrap(), ["a-1", "b-2"]);
+        assert_eq!(decoded(r#"["a\u002d1","b"]"#).unwrap(), ["a-1", "b"]);
+        assert!(decoded("[]").unwrap().is_empty());
+        assert!(decoded("[ ]").unwrap().is_empty());
+        let id = MessageId::new("r").unwrap();
+        assert!(Received::decode(None, &id).unwrap().is_empty());
+    }
+
+    #[test]
+    fn anything_but_a_short_list_of_ids_is_an_invalid_field() {
+        let ids = |n: usize| {
+            let list: Vec<String> = (0..n).map(|i| format!("\"id-{i}\"")).collect();
+            format!("[{}]", list.join(","))
+        };
+        assert_eq!(decoded(&ids(MAX_RECEIVED)).unwrap().len(), MAX_RECEIVED);
+        for bad in [
+            ids(MAX_RECEIVED + 1),
+            r#""a-1""#.to_owned(),
+            "[1]".to_owned(),
+            r#"[""]"#.to_owned(),
+            format!(r#"["{}"]"#, "x".repeat(crate::ids::MAX_ID_BYTES + 1)),
+            r#"["a",{}]"#.to_owned(),
+            r#"{"a":1}"#.to_owned(),
+            r#"["a\u0001"]"#.to_owned(),
+        ] {
+            let e = decoded(&bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidField, "{bad}");
+            assert_eq!(e.id.as_ref().map(MessageId::as_str), Some("r"), "{bad}");
+        }
+    }
+}
