@@ -133,6 +133,7 @@ impl Stats {
                 .collect(),
             connections: self.connections.snapshot(),
             retries_replayed: self.retries_replayed.load(Ordering::Relaxed),
+            retry_window_bytes: 0,
             presence: PresenceSnapshot {
                 users_by_status: counts.users_by_status,
                 clients_per_user: counts.clients_per_user,
@@ -171,6 +172,10 @@ pub struct StatsSnapshot {
     pub connections: ConnectionsSnapshot,
     /// Retries answered from the retry window instead of being processed again.
     pub retries_replayed: u64,
+    /// Bytes of outcomes the retry window holds for all users, as its
+    /// budgets count them; small when clients report their acks
+    /// (`received`).
+    pub retry_window_bytes: usize,
     pub presence: PresenceSnapshot,
     pub topics: TopicsSnapshot,
 }

@@ -338,6 +338,84 @@ async fn a_retried_message_id_is_delivered_once_and_gets_the_original_ack() {
 }
 
 #[tokio::test]
+async fn reported_acks_are_forgotten_and_the_window_stays_empty() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let server = TestServer::start(move |b| {
+        b.handler(handler_fn(move |_ctx, _action| {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(json!({"call": n})) }
+        }))
+    })
+    .await;
+    let mut tab = Raw::connect(&server.url, "A").await;
+    // Each request reports the ack before it, as the client libraries do.
+    for i in 0..200 {
+        let mut frame =
+            json!({"kind": "sendToServer", "id": format!("s-{i}"), "action": {"type": "SAVE"}});
+        if i > 0 {
+            frame["received"] = json!([format!("s-{}", i - 1)]);
+        }
+        tab.send_json(frame).await;
+        assert_eq!(tab.next().await["result"]["call"], i);
+    }
+    let held = stats(&server).await["retryWindowBytes"].as_u64().unwrap();
+    assert!(
+        held > 0 && held < 300,
+        "only the last outcome is kept: {held} bytes"
+    );
+    // The last, unreported, replays; a reported one runs again.
+    tab.send_json(json!({"kind": "sendToServer", "id": "s-199", "action": {"type": "SAVE"}}))
+        .await;
+    assert_eq!(tab.next().await["result"]["call"], 199);
+    tab.send_json(json!({"kind": "sendToServer", "id": "s-5", "action": {"type": "SAVE"}}))
+        .await;
+    assert_eq!(tab.next().await["result"]["call"], 200);
+    assert_eq!(stats(&server).await["retriesReplayed"], 1);
+
+    // Without reports the outcomes stay for the window.
+    let mut quiet = Raw::connect(&server.url, "B").await;
+    for i in 0..200 {
+        quiet
+            .send_json(
+                json!({"kind": "sendToServer", "id": format!("q-{i}"), "action": {"type": "SAVE"}}),
+            )
+            .await;
+        quiet.next().await;
+    }
+    let more = stats(&server).await["retryWindowBytes"].as_u64().unwrap();
+    assert!(more > held + 200 * 60, "{more} bytes");
+}
+
+#[tokio::test]
+async fn a_bad_received_list_fails_its_request_and_forgets_nothing() {
+    let server =
+        TestServer::start(|b| b.handler(handler_fn(|_ctx, _action| async { Ok(json!(1)) }))).await;
+    let mut tab = Raw::connect(&server.url, "A").await;
+    tab.send_json(json!({"kind": "sendToServer", "id": "a", "action": {"type": "T"}}))
+        .await;
+    assert_eq!(tab.next().await["kind"], "ack");
+    let too_many: Vec<String> = (0..65).map(|i| format!("x-{i}")).collect();
+    for bad in [json!("a"), json!([1]), json!(too_many)] {
+        tab.send_json(
+            json!({"kind": "sendToServer", "id": "b", "action": {"type": "T"}, "received": bad}),
+        )
+        .await;
+        let e = tab.next().await;
+        assert_eq!(
+            (e["code"].as_u64(), e["id"].as_str()),
+            (Some(1002), Some("b")),
+            "{e}"
+        );
+    }
+    // `a` is still remembered: resending it replays.
+    tab.send_json(json!({"kind": "sendToServer", "id": "a", "action": {"type": "T"}}))
+        .await;
+    assert_eq!(tab.next().await["kind"], "ack");
+    assert_eq!(stats(&server).await["retriesReplayed"], 1);
+}
+
+#[tokio::test]
 async fn a_reconnected_tabs_burst_of_retries_is_answered_from_memory() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();

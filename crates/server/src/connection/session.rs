@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use pubsub_protocol::server_frame::{PING_FRAME, encode_pong};
 use pubsub_protocol::{
-    ClientFrame, ErrorCode, MessageId, Request, Sender, close, decode_client_frame,
+    ClientFrame, ErrorCode, MessageId, Received, Request, Sender, close, decode_client_frame,
 };
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
@@ -231,7 +231,7 @@ async fn write_out(outbox: &Outbox, write_timeout: std::time::Duration) -> Resul
 /// A frame that has to wait on the engine or on presence before it is
 /// answered: decoded, and past the rate limit.
 enum Deferred<'m> {
-    Request(Request<'m>),
+    Request(Request<'m>, Received<'m>),
     Activity { id: Option<MessageId>, active: bool },
 }
 
@@ -299,14 +299,14 @@ fn on_message<'m>(
             hub.stats.messages_out.pong.fetch_add(1, Ordering::Relaxed);
             outbox.push(Frame::from(encode_pong(id.as_ref())));
         }
-        ClientFrame::Request(request) => {
+        ClientFrame::Request(request, received) => {
             if !allow(&mut limits.requests) {
                 outbox.push(rate_limited(hub, request.id()));
                 return Ok(None);
             }
-            match hub.answer_now(handle, caller, request) {
+            match hub.answer_now(handle, caller, request, &received) {
                 Ok(answer) => send_answer(hub, outbox, in_flight, answer),
-                Err(request) => return Err(Deferred::Request(request)),
+                Err(request) => return Err(Deferred::Request(request, received)),
             }
         }
     }
@@ -328,8 +328,8 @@ async fn on_deferred(
                 outbox.push(answer);
             }
         }
-        Deferred::Request(request) => {
-            let answer = hub.handle_request(handle, caller, request).await;
+        Deferred::Request(request, received) => {
+            let answer = hub.handle_request(handle, caller, request, &received).await;
             send_answer(hub, outbox, in_flight, answer);
         }
     }

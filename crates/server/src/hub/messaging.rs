@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use pubsub_protocol::server_frame::write_topic_message;
-use pubsub_protocol::{ActionRef, ErrorCode, MessageId, Request, Sender, Topic, UserId, Via};
+use pubsub_protocol::{
+    ActionRef, ErrorCode, MessageId, Received, Request, Sender, Topic, UserId, Via,
+};
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
@@ -51,15 +53,26 @@ impl Hub {
     /// Looks `id` up in the retry window: the ticket of a first attempt, or
     /// the answer a retry gets (the remembered outcome, or the first
     /// attempt's once it ends).
+    /// Forgets the outcomes of the requests whose acks the caller reports
+    /// received: it will not resend them. (Requests that use the retry
+    /// window do this as they begin.)
+    pub(crate) fn release_received(&self, caller: &mut Caller, received: &Received<'_>) {
+        self.retry_window
+            .release(&mut caller.retry_slot, &caller.sender.user, received.iter());
+    }
+
     fn begin_retryable(
         self: &Arc<Self>,
         caller: &mut Caller,
         id: &MessageId,
+        received: &Received<'_>,
     ) -> Result<Ticket, Answer> {
-        match self
-            .retry_window
-            .begin(&mut caller.retry_slot, &caller.sender.user, id)
-        {
+        match self.retry_window.begin(
+            &mut caller.retry_slot,
+            &caller.sender.user,
+            id,
+            received.iter(),
+        ) {
             Begin::New(ticket) => Ok(ticket),
             Begin::Replay(frame) => {
                 self.stats.retries_replayed.fetch_add(1, Ordering::Relaxed);
@@ -92,8 +105,9 @@ impl Hub {
         caller: &mut Caller,
         id: MessageId,
         action: &ActionRef<'_>,
+        received: &Received<'_>,
     ) -> Answer {
-        match self.begin_retryable(caller, &id) {
+        match self.begin_retryable(caller, &id, received) {
             Ok(ticket) => self.call_handler(ticket, client, id, action),
             Err(answer) => answer,
         }
@@ -105,8 +119,9 @@ impl Hub {
         client: &Arc<ClientHandle>,
         caller: &mut Caller,
         request: Request<'_>,
+        received: &Received<'_>,
     ) -> Answer {
-        let ticket = match self.begin_retryable(caller, request.id()) {
+        let ticket = match self.begin_retryable(caller, request.id(), received) {
             Ok(ticket) => ticket,
             Err(answer) => return answer,
         };

@@ -185,12 +185,14 @@ impl Hub {
     }
 
     pub(crate) fn stats_snapshot(&self) -> StatsSnapshot {
-        self.stats.snapshot(
+        let mut snapshot = self.stats.snapshot(
             &self.node,
             self.engine.name(),
             self.auth.mode(),
             self.engine.counts(),
-        )
+        );
+        snapshot.retry_window_bytes = self.retry_window.bytes();
+        snapshot
     }
 }
 

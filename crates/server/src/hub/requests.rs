@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use futures_util::future::BoxFuture;
 use pubsub_protocol::server_frame::{write_ack, write_ack_json};
-use pubsub_protocol::{MessageId, Request, RequestKind};
+use pubsub_protocol::{MessageId, Received, Request, RequestKind};
 use serde::Serialize;
 
 use super::{Caller, Hub};
@@ -34,24 +34,32 @@ impl Hub {
         client: &Arc<ClientHandle>,
         caller: &mut Caller,
         request: Request<'a>,
+        received: &Received<'_>,
     ) -> Result<Answer, Request<'a>> {
         match request {
             Request::SendToServer { id, action } => {
                 self.count_request(RequestKind::SendToServer);
-                Ok(self.send_to_server(client, caller, id, &action))
+                Ok(self.send_to_server(client, caller, id, &action, received))
             }
             other => Err(other),
         }
     }
 
-    /// Processes one request from `client`.
+    /// Processes one request from `client`, after forgetting the outcomes
+    /// whose acks it reports `received`.
     pub(crate) async fn handle_request(
         self: &Arc<Self>,
         client: &Arc<ClientHandle>,
         caller: &mut Caller,
         request: Request<'_>,
+        received: &Received<'_>,
     ) -> Answer {
         self.count_request(request.kind());
+        // Requests that use the retry window forget them as they begin,
+        // under the same lock.
+        if !request.kind().uses_retry_window() && !received.is_empty() {
+            self.release_received(caller, received);
+        }
         match request {
             Request::Join { id, topic } => Answer::Now(self.join(client, &id, &topic).await),
             Request::Leave { id, topic } => Answer::Now(self.leave(client, &id, &topic).await),
@@ -61,9 +69,12 @@ impl Hub {
             Request::Watch { id, users } => Answer::Now(self.watch(client, &id, &users).await),
             Request::Unwatch { id, users } => Answer::Now(self.unwatch(client, &id, &users).await),
             Request::SendToServer { id, action } => {
-                self.send_to_server(client, caller, id, &action)
+                self.send_to_server(client, caller, id, &action, received)
             }
-            messaging => self.handle_messaging(client, caller, messaging).await,
+            messaging => {
+                self.handle_messaging(client, caller, messaging, received)
+                    .await
+            }
         }
     }
 

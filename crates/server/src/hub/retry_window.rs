@@ -120,6 +120,9 @@ struct Entry {
     at: u64,
     /// The record's length in the ring.
     len: u32,
+    /// Its client reported the ack received (`received`): no longer
+    /// replayed, and its record goes as soon as the ones before it have.
+    released: bool,
 }
 
 impl Entry {
@@ -289,14 +292,14 @@ impl UserWindow {
                 .map(|&(_, pos)| pos),
             None => self
                 .records()
-                .find(|&(pos, e)| e.hash == hash && self.holds(pos, id))
+                .find(|&(pos, e)| e.hash == hash && !e.released && self.holds(pos, id))
                 .map(|(pos, _)| pos),
         }?;
         // A replay: a client that reconnected resends all it had in flight,
         // so the next lookups go through an index instead of a walk each.
         if self.index.is_none() {
             let mut index = HashTable::with_capacity(self.count());
-            for (pos, e) in self.records() {
+            for (pos, e) in self.records().filter(|(_, e)| !e.released) {
                 index.insert_unique(e.hash, (e.hash, pos), |&(h, _)| h);
             }
             self.index = Some(index);
@@ -310,7 +313,7 @@ impl UserWindow {
     /// rebuild is as many requests away as the ring holds outcomes.
     fn rebuild_ids(&mut self, room_for: usize) {
         self.ids.reset(2 * room_for);
-        for e in &self.entries {
+        for e in self.entries.iter().filter(|e| !e.released) {
             self.ids.add(e.hash);
         }
     }
@@ -333,6 +336,7 @@ impl UserWindow {
             hash,
             at: self.nanos_since_created(began),
             len: header.record_len() as u32,
+            released: false,
         };
         self.make_room(header.record_len());
         if self.ids.is_full() {
@@ -365,10 +369,19 @@ impl UserWindow {
         self.buffer.reserve_exact(want - self.buffer.len());
     }
 
-    /// Forgets the oldest remembered outcome; returns the bytes freed. Its
-    /// id stays in the filter until the next rebuild: a lookup that the
-    /// filter lets through finds no record and costs one walk.
+    /// Forgets the oldest remembered outcome, and the released ones right
+    /// behind it; returns the bytes freed. Their ids stay in the filter
+    /// until the next rebuild: a lookup that the filter lets through finds
+    /// no record and costs one walk.
     fn forget_oldest(&mut self) -> usize {
+        let mut freed = self.forget_front();
+        while self.entries.front().is_some_and(|e| e.released) {
+            freed += self.forget_front();
+        }
+        freed
+    }
+
+    fn forget_front(&mut self) -> usize {
         let Some(oldest) = self.entries.pop_front() else {
             return 0;
         };
@@ -382,9 +395,55 @@ impl UserWindow {
         // is the ring's front, and records are written whole; the bound only
         // keeps a broken invariant from becoming a panic.
         let len = (oldest.len as usize).min(self.buffer.len());
-        self.buffer.drain(..len);
         self.buffer_start += len as u64;
+        if self.entries.is_empty() {
+            // Both rings start over at their first byte: a client that
+            // reports its acks keeps one or two records, which then stay in
+            // the same few cache lines instead of walking through the
+            // capacity an earlier burst left.
+            self.buffer_start += (self.buffer.len() - len) as u64;
+            self.entries.clear();
+            self.buffer.clear();
+        } else {
+            self.buffer.drain(..len);
+        }
         oldest.cost()
+    }
+
+    /// Forgets the outcome of `id`, whose ack its client reports received;
+    /// returns the bytes freed. Records leave the ring only from its front,
+    /// so one in the middle is marked and goes when the ones before it
+    /// have; at one request in flight it is the only one.
+    fn release(&mut self, hash: u64, id: &str) -> usize {
+        if !self.ids.may_contain(hash) {
+            return 0;
+        }
+        // Newest first: a client reports the acks it has just received.
+        let mut pos = self.buffer_start + self.buffer.len() as u64;
+        let mut found = None;
+        for (at, e) in self.entries.iter().enumerate().rev() {
+            pos -= u64::from(e.len);
+            if e.hash == hash && !e.released && self.holds(pos, id) {
+                found = Some((at, pos));
+                break;
+            }
+        }
+        let Some((at, pos)) = found else {
+            return 0;
+        };
+        if let Some(entry) = self.entries.get_mut(at) {
+            entry.released = true;
+        }
+        if let Some(index) = &mut self.index
+            && let Ok(slot) = index.find_entry(hash, |&(_, p)| p == pos)
+        {
+            slot.remove();
+        }
+        if self.entries.front().is_some_and(|e| e.released) {
+            self.forget_oldest()
+        } else {
+            0
+        }
     }
 
     /// Forgets outcomes older than the window; returns the bytes freed.
@@ -429,8 +488,12 @@ enum IdHasher {
 
 impl IdHasher {
     fn hash(&self, id: &MessageId) -> u64 {
+        self.hash_str(id.as_str())
+    }
+
+    fn hash_str(&self, id: &str) -> u64 {
         match self {
-            IdHasher::Keyed(state) => state.hash_one(id.as_str()),
+            IdHasher::Keyed(state) => state.hash_one(id),
             #[cfg(test)]
             IdHasher::Constant => 7,
         }
@@ -526,16 +589,29 @@ impl RetryWindow {
         });
     }
 
-    pub(crate) fn begin(&self, slot: &mut UserSlot, user: &UserId, id: &MessageId) -> Begin {
+    /// Begins the request `id` of `user`, after forgetting the outcomes of
+    /// `released` (the acks its client reports received, docs/protocol.md
+    /// 2.2.1).
+    pub(crate) fn begin<'i>(
+        &self,
+        slot: &mut UserSlot,
+        user: &UserId,
+        id: &MessageId,
+        released: impl Iterator<Item = &'i str>,
+    ) -> Begin {
         let now = Instant::now();
         let hash = self.0.hasher.hash(id);
         let mut w = self.lock_user(slot, user);
-        let freed = w.expire(now, self.0.window);
-        self.freed(freed);
+        let mut freed = w.expire(now, self.0.window);
+        for id in released {
+            freed += w.release(self.0.hasher.hash_str(id), id);
+        }
         if let Some(frame) = w.find(hash, id.as_str()).and_then(|seq| w.frame(seq)) {
+            self.freed(freed);
             return Begin::Replay(frame);
         }
         if let Some(running) = w.running.find_mut(hash, |r| r.id == *id) {
+            self.freed(freed);
             let (tx, rx) = oneshot::channel();
             running.waiters.push(tx);
             return Begin::Wait(rx);
@@ -555,8 +631,37 @@ impl RetryWindow {
             id: id.clone(),
             hash,
             began: now,
+            // Counted when the request settles, in the one update it makes.
+            freed,
             settled: false,
         })
+    }
+
+    /// Forgets the outcomes of `ids`, whose acks a client of `user` reports
+    /// received (docs/protocol.md 2.2.1). A window left empty stays in the
+    /// map until the sweep: the user is sending, and its next request would
+    /// only put it back.
+    pub(crate) fn release<'i>(
+        &self,
+        slot: &mut UserSlot,
+        user: &UserId,
+        ids: impl Iterator<Item = &'i str>,
+    ) {
+        if slot.0.is_none() && !self.0.users.contains_key(user) {
+            return;
+        }
+        let mut w = self.lock_user(slot, user);
+        let mut freed = 0;
+        for id in ids {
+            freed += w.release(self.0.hasher.hash_str(id), id);
+        }
+        drop(w);
+        self.freed(freed);
+    }
+
+    /// Bytes remembered across all users, as the budgets count them.
+    pub(crate) fn bytes(&self) -> usize {
+        self.0.total_bytes.load(Ordering::Relaxed)
     }
 
     fn settle(&self, ticket: &Ticket, outcome: Option<(&Frame, bool)>) {
@@ -567,7 +672,7 @@ impl RetryWindow {
             Ok(running) => running.remove().0.waiters,
             Err(_) => Vec::new(),
         };
-        let (mut freed, mut added) = (0, 0);
+        let (mut freed, mut added) = (ticket.freed, 0);
         if let Some((frame, remember)) = outcome {
             for waiter in waiters {
                 let _ = waiter.send(frame.clone());
@@ -633,11 +738,6 @@ impl RetryWindow {
     fn users(&self) -> usize {
         self.0.users.len()
     }
-
-    #[cfg(test)]
-    fn total_bytes(&self) -> usize {
-        self.0.total_bytes.load(Ordering::Relaxed)
-    }
 }
 
 /// The right to settle one request. Dropping it unsettled forgets the request
@@ -648,6 +748,8 @@ pub(crate) struct Ticket {
     id: MessageId,
     hash: u64,
     began: Instant,
+    /// Bytes `begin` freed, not yet taken off the node's total.
+    freed: usize,
     settled: bool,
 }
 
@@ -686,7 +788,7 @@ mod tests {
 
     /// Begins a request as a connection making its first one would.
     fn begin(w: &RetryWindow, user: &UserId, id: &MessageId) -> Begin {
-        w.begin(&mut UserSlot::default(), user, id)
+        w.begin(&mut UserSlot::default(), user, id, std::iter::empty())
     }
 
     /// Runs a request the window has not seen and settles it with `frame`.
@@ -716,18 +818,22 @@ mod tests {
         let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
         let (u, m) = ids("u", "m1");
         let (mut tab_a, mut tab_b) = (UserSlot::default(), UserSlot::default());
-        let Begin::New(t) = w.begin(&mut tab_a, &u, &m) else {
+        let Begin::New(t) = w.begin(&mut tab_a, &u, &m, std::iter::empty()) else {
             panic!()
         };
         t.settle(&Frame::from("ack"), true);
-        assert!(matches!(w.begin(&mut tab_b, &u, &m), Begin::Replay(f) if f.as_str() == "ack"));
+        assert!(
+            matches!(w.begin(&mut tab_b, &u, &m, std::iter::empty()), Begin::Replay(f) if f.as_str() == "ack")
+        );
         // Both slots now hold the user's window; later outcomes show in both.
         let m2 = MessageId::new("m2").unwrap();
-        let Begin::New(t) = w.begin(&mut tab_b, &u, &m2) else {
+        let Begin::New(t) = w.begin(&mut tab_b, &u, &m2, std::iter::empty()) else {
             panic!()
         };
         t.settle(&Frame::from("ack2"), true);
-        assert!(matches!(w.begin(&mut tab_a, &u, &m2), Begin::Replay(f) if f.as_str() == "ack2"));
+        assert!(
+            matches!(w.begin(&mut tab_a, &u, &m2, std::iter::empty()), Begin::Replay(f) if f.as_str() == "ack2")
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -736,7 +842,12 @@ mod tests {
         let u = UserId::new("u").unwrap();
         let mut held = UserSlot::default();
         // A retryable outcome leaves the window empty: it leaves the map.
-        let Begin::New(t) = w.begin(&mut held, &u, &MessageId::new("e").unwrap()) else {
+        let Begin::New(t) = w.begin(
+            &mut held,
+            &u,
+            &MessageId::new("e").unwrap(),
+            std::iter::empty(),
+        ) else {
             panic!()
         };
         t.settle(&Frame::from("retry me"), false);
@@ -744,7 +855,7 @@ mod tests {
         let m1 = MessageId::new("m1").unwrap();
         settle_new(&w, &u, &m1, &Frame::from("one"), true);
         assert!(
-            matches!(w.begin(&mut held, &u, &m1), Begin::Replay(f) if f.as_str() == "one"),
+            matches!(w.begin(&mut held, &u, &m1, std::iter::empty()), Begin::Replay(f) if f.as_str() == "one"),
             "the held slot must not keep using the window that left"
         );
         // The same after expiry: the sweep takes the emptied window out.
@@ -753,7 +864,9 @@ mod tests {
         assert_eq!(w.users(), 0);
         let m2 = MessageId::new("m2").unwrap();
         settle_new(&w, &u, &m2, &Frame::from("two"), true);
-        assert!(matches!(w.begin(&mut held, &u, &m2), Begin::Replay(f) if f.as_str() == "two"));
+        assert!(
+            matches!(w.begin(&mut held, &u, &m2, std::iter::empty()), Begin::Replay(f) if f.as_str() == "two")
+        );
         assert_eq!(w.users(), 1);
     }
 
@@ -827,11 +940,7 @@ mod tests {
                 settle_new(&w, &u, &m, &Frame::from("12345678"), true);
             }
         }
-        assert!(
-            w.total_bytes() <= 4 * cost + cost / 2,
-            "{}",
-            w.total_bytes()
-        );
+        assert!(w.bytes() <= 4 * cost + cost / 2, "{}", w.bytes());
         // c made room from its own oldest; a's and b's outcomes are intact.
         assert!(matches!(
             begin(
@@ -843,7 +952,7 @@ mod tests {
         ));
         tokio::time::advance(Duration::from_secs(121)).await;
         w.sweep();
-        assert_eq!(w.total_bytes(), 0, "expiry gives the bytes back");
+        assert_eq!(w.bytes(), 0, "expiry gives the bytes back");
     }
 
     #[tokio::test]
@@ -912,12 +1021,12 @@ mod tests {
                 }
             }
         }
-        assert!(w.total_bytes() <= 20 * (ENTRY_OVERHEAD + 30));
+        assert!(w.bytes() <= 20 * (ENTRY_OVERHEAD + 30));
         let remembered = w.0.users.get(&u).map(|w| w.lock().count());
         assert!(
             remembered.is_some_and(|n| (10..=20).contains(&n)),
             "{remembered:?} outcomes in {} bytes",
-            w.total_bytes()
+            w.bytes()
         );
     }
 
@@ -954,45 +1063,189 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn random_traffic_matches_a_plain_model_of_the_rules() {
         // Retries often: lookups mostly go through the index.
-        traffic_matches_a_plain_model(600, 300).await;
+        traffic_matches_a_plain_model(600, 300, 0).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn random_traffic_with_rare_retries_matches_a_plain_model() {
         // Retries seldom: the index is dropped between them, so lookups
         // walk the records, and each replay builds the index again.
-        traffic_matches_a_plain_model(895, 5).await;
+        traffic_matches_a_plain_model(895, 5, 0).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn random_traffic_with_reported_acks_matches_a_plain_model() {
+        // Clients report most acks: records are released in the middle of
+        // the ring as well as at its front, while retries and the budget
+        // go on as before.
+        traffic_matches_a_plain_model(450, 150, 300).await;
+        traffic_matches_a_plain_model(600, 5, 300).await;
+    }
+
+    #[tokio::test]
+    async fn a_reported_ack_is_forgotten_and_its_id_runs_again() {
+        let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
+        let (u, m) = ids("u", "m1");
+        settle_new(&w, &u, &m, &Frame::from("ack"), true);
+        assert!(w.bytes() > 0);
+        w.release(&mut UserSlot::default(), &u, ["m1"].into_iter());
+        assert_eq!(w.bytes(), 0);
+        assert!(matches!(begin(&w, &u, &m), Begin::New(_)));
+    }
+
+    #[tokio::test]
+    async fn a_release_in_the_middle_waits_for_the_records_before_it() {
+        let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
+        let u = UserId::new("u").unwrap();
+        for m in ["a", "b", "c"] {
+            settle_new(&w, &u, &MessageId::new(m).unwrap(), &Frame::from(m), true);
+        }
+        let one = w.bytes() / 3;
+        let mut slot = UserSlot::default();
+        w.release(&mut slot, &u, ["b"].into_iter());
+        // `b` is no longer replayed, but its record sits behind `a`'s.
+        assert_eq!(w.bytes(), 3 * one);
+        let replays = |w: &RetryWindow, m: &str| {
+            let id = MessageId::new(m).unwrap();
+            matches!(begin(w, &u, &id), Begin::Replay(f) if f.as_str() == m)
+        };
+        assert!(replays(&w, "a") && replays(&w, "c"));
+        assert!(!replays(&w, "b"));
+        // Releasing `a` takes `b` with it.
+        w.release(&mut slot, &u, ["a"].into_iter());
+        assert_eq!(w.bytes(), one);
+        assert!(replays(&w, "c") && !replays(&w, "a"));
+    }
+
+    #[tokio::test]
+    async fn releasing_what_is_not_remembered_changes_nothing() {
+        let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
+        let (u, m) = ids("u", "m1");
+        // A user with no window gets none.
+        w.release(&mut UserSlot::default(), &u, ["m1"].into_iter());
+        assert_eq!(w.users(), 0);
+        // A request still running is not released: its outcome is kept.
+        let Begin::New(t) = begin(&w, &u, &m) else {
+            panic!()
+        };
+        w.release(
+            &mut UserSlot::default(),
+            &u,
+            ["m1", "never-seen"].into_iter(),
+        );
+        t.settle(&Frame::from("ack"), true);
+        assert!(matches!(begin(&w, &u, &m), Begin::Replay(f) if f.as_str() == "ack"));
+    }
+
+    #[tokio::test]
+    async fn ids_with_the_same_hash_are_released_one_by_one() {
+        let w = RetryWindow::with_hasher(
+            IdHasher::Constant,
+            Duration::from_secs(120),
+            1 << 20,
+            1 << 30,
+        );
+        let u = UserId::new("u").unwrap();
+        for m in ["x", "y", "z"] {
+            settle_new(&w, &u, &MessageId::new(m).unwrap(), &Frame::from(m), true);
+        }
+        w.release(&mut UserSlot::default(), &u, ["y"].into_iter());
+        for (m, kept) in [("x", true), ("y", false), ("z", true)] {
+            let id = MessageId::new(m).unwrap();
+            let replayed = matches!(begin(&w, &u, &id), Begin::Replay(f) if f.as_str() == m);
+            assert_eq!(replayed, kept, "{m}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_reporting_every_ack_keeps_one_record_in_the_first_lines() {
+        let w = RetryWindow::new(Duration::from_secs(120), 64 * 1024, 1 << 30);
+        let u = UserId::new("u").unwrap();
+        let mut slot = UserSlot::default();
+        let frame = Frame::from("x".repeat(80));
+        let mut previous: Option<String> = None;
+        for i in 0..5_000 {
+            if let Some(p) = &previous {
+                w.release(&mut slot, &u, [p.as_str()].into_iter());
+            }
+            let id = format!("c1-{i}");
+            let Begin::New(t) = w.begin(
+                &mut slot,
+                &u,
+                &MessageId::new(&id).unwrap(),
+                std::iter::empty(),
+            ) else {
+                panic!("{id} is new")
+            };
+            t.settle(&frame, true);
+            previous = Some(id);
+        }
+        assert_eq!(w.bytes(), cost("c1-4999".len(), frame.len()));
+        let shared = w.0.users.get(&u).map(|s| s.clone()).unwrap();
+        let window = shared.lock();
+        assert_eq!(window.count(), 1);
+        // The ring starts over whenever it empties: it never grew.
+        assert!(
+            window.buffer.capacity() < 1024,
+            "{}",
+            window.buffer.capacity()
+        );
     }
 
     /// Random traffic, of which `new` in a thousand steps are new requests
-    /// and `retries` in a thousand retries; the rest let time pass.
-    async fn traffic_matches_a_plain_model(new: u64, retries: u64) {
+    /// and `retries` in a thousand retries, `releases` in a thousand reports
+    /// of acks received; the rest let time pass.
+    async fn traffic_matches_a_plain_model(new: u64, retries: u64, releases: u64) {
         // The rules, kept the slow and obvious way: outcomes in a list,
         // oldest first, dropped from the front by age and by budget, each
         // costing its id, its frame as sent (WebSocket header included) and
-        // the fixed overhead.
+        // the fixed overhead. A released outcome is never replayed, and
+        // leaves (with its cost) once everything before it has.
+        struct Kept {
+            id: String,
+            frame: String,
+            at: Instant,
+            released: bool,
+        }
         struct Model {
-            kept: std::collections::VecDeque<(String, String, Instant)>,
+            kept: std::collections::VecDeque<Kept>,
             bytes: usize,
         }
         fn cost(id: &str, frame: &str) -> usize {
             id.len() + Frame::from(frame.to_owned()).len() + ENTRY_OVERHEAD
         }
         impl Model {
+            fn pop_front(&mut self) {
+                if let Some(k) = self.kept.pop_front() {
+                    self.bytes -= cost(&k.id, &k.frame);
+                }
+                while self.kept.front().is_some_and(|k| k.released) {
+                    let k = self.kept.pop_front().unwrap();
+                    self.bytes -= cost(&k.id, &k.frame);
+                }
+            }
             fn expire(&mut self, now: Instant, window: Duration) {
-                while let Some((id, frame, at)) = self.kept.front() {
-                    if now.duration_since(*at) < window {
-                        break;
-                    }
-                    self.bytes -= cost(id, frame);
-                    self.kept.pop_front();
+                while self
+                    .kept
+                    .front()
+                    .is_some_and(|k| now.duration_since(k.at) >= window)
+                {
+                    self.pop_front();
                 }
             }
             fn find(&self, id: &str) -> Option<&str> {
                 self.kept
                     .iter()
-                    .find(|(i, ..)| i == id)
-                    .map(|(_, f, _)| f.as_str())
+                    .find(|k| k.id == id && !k.released)
+                    .map(|k| k.frame.as_str())
+            }
+            fn release(&mut self, id: &str) {
+                if let Some(k) = self.kept.iter_mut().find(|k| k.id == id && !k.released) {
+                    k.released = true;
+                }
+                if self.kept.front().is_some_and(|k| k.released) {
+                    self.pop_front();
+                }
             }
         }
 
@@ -1012,6 +1265,7 @@ mod tests {
             seed % n
         };
         let mut next_id = 0u64;
+        let mut reported: Vec<String> = Vec::new();
         for step in 0..30_000 {
             let kind = below(1000);
             match kind {
@@ -1024,23 +1278,36 @@ mod tests {
                     let m = MessageId::new(id.clone()).unwrap();
                     let now = Instant::now();
                     model.expire(now, window);
-                    let Begin::New(t) = w.begin(&mut slot, &u, &m) else {
+                    // Acks reported on this request, forgotten as it begins.
+                    let released = std::mem::take(&mut reported);
+                    for id in &released {
+                        model.release(id);
+                    }
+                    let Begin::New(t) =
+                        w.begin(&mut slot, &u, &m, released.iter().map(String::as_str))
+                    else {
                         panic!("{id} is new")
                     };
                     t.settle(&Frame::from(frame.clone()), remember);
                     if remember {
-                        model.bytes += cost(&id, &frame);
-                        model.kept.push_back((id, frame, now));
-                        while model.bytes > budget {
-                            let (id, frame, _) = model.kept.pop_front().unwrap();
-                            model.bytes -= cost(&id, &frame);
+                        let c = cost(&id, &frame);
+                        while !model.kept.is_empty() && model.bytes + c > budget {
+                            model.pop_front();
                         }
+                        assert!(c <= budget);
+                        model.bytes += c;
+                        model.kept.push_back(Kept {
+                            id,
+                            frame,
+                            at: now,
+                            released: false,
+                        });
                     }
                 }
                 // A retry of some earlier request (or of one never seen).
                 _ if kind < new + retries => {
                     let n = below(next_id + 5);
-                    let kept: Vec<String> = model.kept.iter().map(|(i, ..)| i.clone()).collect();
+                    let kept: Vec<String> = model.kept.iter().map(|k| k.id.clone()).collect();
                     let id = match kept.len() {
                         0 => format!("id-{n}-"),
                         k if n % 2 == 0 => kept[n as usize % k].clone(),
@@ -1048,7 +1315,10 @@ mod tests {
                     };
                     model.expire(Instant::now(), window);
                     let m = MessageId::new(id.clone()).unwrap();
-                    match (w.begin(&mut slot, &u, &m), model.find(&id)) {
+                    match (
+                        w.begin(&mut slot, &u, &m, std::iter::empty()),
+                        model.find(&id),
+                    ) {
                         (Begin::Replay(f), Some(expected)) => {
                             assert_eq!(f, Frame::from(expected.to_owned()), "step {step}: {id}")
                         }
@@ -1061,6 +1331,29 @@ mod tests {
                         (Begin::Wait(_), _) => panic!("step {step}: nothing is running"),
                     }
                 }
+                // The client reports acks received: mostly the newest
+                // outcomes, now and then an older one, one it never had or
+                // one already released.
+                _ if kind < new + retries + releases => {
+                    let ids: Vec<String> = (0..1 + below(3))
+                        .map(|_| {
+                            let n = below(12) as usize;
+                            match model.kept.len().checked_sub(1 + n) {
+                                Some(at) if n < 10 => model.kept[at].id.clone(),
+                                _ => format!("id-{}-", below(next_id + 5)),
+                            }
+                        })
+                        .collect();
+                    // On a request of another kind now, or on the next new one.
+                    if below(2) == 0 {
+                        w.release(&mut slot, &u, ids.iter().map(String::as_str));
+                        for id in &ids {
+                            model.release(id);
+                        }
+                    } else {
+                        reported.extend(ids);
+                    }
+                }
                 // Time passes; now and then the periodic sweep runs.
                 _ => {
                     tokio::time::advance(Duration::from_millis(below(3_000))).await;
@@ -1070,7 +1363,7 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(w.total_bytes(), model.bytes, "step {step}");
+            assert_eq!(w.bytes(), model.bytes, "step {step}");
         }
     }
 
