@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
+use pubsub_protocol::client_frame::kind;
 use pubsub_protocol::{
     ActionError, ActionRef, ClientId, ErrorCode, MessageId, OutgoingFrame, RequestKind, UserId,
     Welcome,
@@ -16,7 +17,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::ClientConfig;
-use crate::driver::{self, Command, Settled, Shared};
+use crate::driver::{self, Command, Outbound, Settled, Shared};
 use crate::error::{ConnectError, SendError};
 use crate::request::PreparedRequest;
 use crate::status::Status;
@@ -145,6 +146,7 @@ impl Client {
             tls,
             registry: SharedRegistry::default(),
             pending: Mutex::new(HashMap::new()),
+            received: Mutex::default(),
             status,
             session: Mutex::new(None),
             last_close: Mutex::new(None),
@@ -252,7 +254,9 @@ impl Client {
     }
 
     /// Sends the failed request again with the same message id: the server
-    /// answers a request it already processed from its retry window.
+    /// answers a request it already processed from its retry window. Only
+    /// ids whose ack reached a caller are reported to the server as
+    /// answered (`received`), so a failed request's outcome is still there.
     /// Requests without a retry identity (watch, join, …) are idempotent:
     /// call them again instead.
     pub async fn retry(&self, error: &SendError) -> Result<Value, SendError> {
@@ -304,7 +308,7 @@ impl Client {
     /// Sends a prepared request and waits for it to settle.
     pub async fn request(&self, request: PreparedRequest) -> Result<Value, SendError> {
         let text = request.encode();
-        self.roundtrip(request.id.clone(), text, Some(request))
+        self.roundtrip(request.id.clone(), text, Some(request), true)
             .await
     }
 
@@ -315,20 +319,24 @@ impl Client {
         frame: OutgoingFrame<'_>,
     ) -> Result<Value, SendError> {
         let id = self.next_message_id();
+        // `activity` is not a request, so it carries no `received`.
+        let is_request = frame.kind != kind::ACTIVITY;
         let text = OutgoingFrame {
             id: Some(&id),
             ..frame
         }
         .encode();
-        self.roundtrip(id, text, None).await
+        self.roundtrip(id, text, None, is_request).await
     }
 
     /// Sends one frame with id `id` and waits for its `ack` or `error`.
+    /// `is_request`: the frame may report acks (`received`) when written.
     pub(crate) async fn roundtrip(
         &self,
         id: MessageId,
         text: String,
         request: Option<PreparedRequest>,
+        is_request: bool,
     ) -> Result<Value, SendError> {
         let shared = &self.inner.shared;
         if !self.is_connected() {
@@ -356,14 +364,18 @@ impl Client {
             );
             return Err(SendError::local(ErrorCode::MessageTooBig, message, request));
         }
-        let rx = shared.register(&id);
+        // Only messaging requests are kept in the server's retry window, so
+        // only their acks are worth reporting.
+        let remembered = request.as_ref().is_some_and(|r| r.kind.uses_retry_window());
+        let rx = shared.register(&id, remembered);
         if self
             .inner
             .commands
-            .send(Command::Send {
+            .send(Command::Send(Outbound {
                 id: id.clone(),
                 text,
-            })
+                request: is_request,
+            }))
             .is_err()
         {
             shared.settle(
@@ -402,14 +414,17 @@ impl Client {
         &self,
         request: PreparedRequest,
     ) -> Result<T, SendError> {
-        let kept = request.clone();
         let value = self.request(request).await?;
         serde_json::from_value(value).map_err(|e| {
-            SendError::local(
+            // The request was acked (and reported so): sending it again
+            // would run it again, so this error offers no retry.
+            let mut error = SendError::local(
                 ErrorCode::Internal,
                 format!("unexpected result shape: {e}"),
-                Some(kept),
-            )
+                None,
+            );
+            error.retryable = false;
+            error
         })
     }
 

@@ -1,6 +1,9 @@
 //! A messaging request ready to send — `broadcast`, `sendToUser`,
 //! `sendToServer` or `publish` — with its message id fixed, so sending it
 //! again is a retry the server recognises and never processes twice.
+//! Once its ack has arrived the client tells the server it has the answer
+//! (`received`), and the server forgets it: sending it after a success is a
+//! new request.
 
 use std::sync::Arc;
 
