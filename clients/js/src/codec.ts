@@ -6,19 +6,35 @@ export const SUBPROTOCOL = 'pubsub.v1.json';
 /** Types with this prefix are system events; the server refuses them in requests. */
 export const SYSTEM_PREFIX = '@pubsub/';
 
-export type ClientFrame =
+/**
+ * A frame that expects an answer (2.1). Only these may report earlier acks in `received`
+ * (2.2.1): the server ignores it on `activity`, `ping` and `pong`, so they have no such field.
+ */
+export type RequestFrame = (
   | { kind: 'broadcast'; id: string; action: Action }
   | { kind: 'sendToUser'; id: string; to: UserId | UserId[]; action: Action }
   | { kind: 'sendToServer'; id: string; action: Action }
   | { kind: 'publish'; id: string; topic: string; action: Action; echo: boolean }
   | { kind: 'join' | 'leave'; id: string; topic: string }
   | { kind: 'presence' | 'watch' | 'unwatch'; id: string; users: UserId[] }
+) & { received?: string[] };
+
+export type ClientFrame =
+  | RequestFrame
   | { kind: 'activity'; id?: string; active: boolean }
   | { kind: 'ping'; id?: string }
   | { kind: 'pong' };
 
-/** A frame that expects an answer: it has an id. */
-export type RequestFrame = ClientFrame & { id: string };
+/** The server refuses a `received` longer than this (1002 invalid_field) and forgets nothing in it. */
+export const MAX_RECEIVED = 64;
+
+/**
+ * Whether the server remembers this request's outcome for its retry window (2.2), which is what
+ * reporting its ack lets it forget. The other requests are processed again on a resend, so
+ * their ids would only take room in `received`.
+ */
+export const remembered = (frame: RequestFrame): boolean =>
+  frame.kind == 'broadcast' || frame.kind == 'sendToUser' || frame.kind == 'sendToServer' || frame.kind == 'publish';
 
 export interface Welcome {
   kind: 'welcome';

@@ -1,6 +1,7 @@
-// Request tracking (docs/protocol.md 2.1–2.2): ids, settle-exactly-once, timeouts, retries, the offline queue.
+// Request tracking (docs/protocol.md 2.1–2.2.1): ids, settle-exactly-once, timeouts, retries, the
+// offline queue, and telling the server which acks arrived.
 import { CLIENT_CLOSED, DISCONNECTED, NOT_CONNECTED, PubSubError, REQUEST_TIMEOUT, errorInfo } from './errors';
-import type { ClientFrame, RequestFrame } from './codec';
+import { MAX_RECEIVED, remembered, type ClientFrame, type RequestFrame } from './codec';
 import type { Action, ErrorInfo } from './types';
 
 export interface RequestOptions {
@@ -13,9 +14,19 @@ export interface RequestOptions {
   oversize(frame: ClientFrame): ErrorInfo | null;
 }
 
+/** What every attempt with one id shares. */
+interface Line {
+  /**
+   * The attempt that was acked, once one is: what a later retry() returns. Its id gets reported,
+   * and the server takes a resend of a reported id for a new request.
+   */
+  acked?: Promise<any>;
+}
+
 interface Pending {
   id: string;
-  frame: ClientFrame;
+  frame: RequestFrame;
+  line: Line;
   action: Action | undefined;
   done: ((result: any) => unknown) | undefined;
   promise: Promise<any>;
@@ -41,11 +52,18 @@ export function randomPrefix(length = 10): string {
   return out;
 }
 
+/** Most acked ids kept waiting to be reported. */
+export const MAX_UNREPORTED = 1024;
+
 export function createRequests(options: RequestOptions, prefix = randomPrefix()) {
   let counter = 0;
   // Both queued (not yet sent) and in-flight requests, in the order they were made, so the
   // queue drains in order after a reconnect.
   const pending = new Map<string, Pending>();
+  // Acked ids not yet reported in a `received`, oldest first. Bounded: an application that gets a
+  // burst of acks and then stops sending must not grow it; the oldest have left the server's
+  // window (a few hundred outcomes per user) long before they would be reported.
+  const unreported: string[] = [];
 
   const nextId = (): string => `${prefix}-${++counter}`;
 
@@ -55,6 +73,11 @@ export function createRequests(options: RequestOptions, prefix = randomPrefix())
     pending.delete(p.id);
     clearTimeout(p.timer);
     if (!error) {
+      // Only acks: after an error the application may still retry() with this id.
+      if (remembered(p.frame)) {
+        if (unreported.push(p.id) > MAX_UNREPORTED) unreported.shift();
+        p.line.acked = p.promise;
+      }
       // An ack whose result does not have the expected shape must not throw into the socket handler.
       try {
         return p.resolve(p.done ? p.done(result) : result);
@@ -62,11 +85,20 @@ export function createRequests(options: RequestOptions, prefix = randomPrefix())
         return p.reject(e);
       }
     }
-    p.reject(new PubSubError(error, p.action, () => attempt(p.id, p.frame, p.action, p.done)));
+    const retry = () => p.line.acked || attempt(p.id, p.frame, p.action, p.done, p.line);
+    p.reject(new PubSubError(error, p.action, retry));
   };
 
   const send = (p: Pending): boolean => {
-    if (!options.transmit(p.frame)) return false;
+    // Added as the frame is written rather than stored in it: a queued frame reports what arrived
+    // while it waited, and a retry keeps its id without reporting anything twice.
+    const received = unreported.slice(0, MAX_RECEIVED);
+    const reporting = received.length ? { ...p.frame, received } : p.frame;
+    // A report must not make a frame too big to send (the server would close the connection):
+    // the ids wait for a smaller one.
+    const frame = reporting != p.frame && options.oversize(reporting) ? p.frame : reporting;
+    if (!options.transmit(frame)) return false;
+    if (frame != p.frame) unreported.splice(0, received.length);
     p.sent = true;
     if (options.timeoutMs > 0) p.timer = setTimeout(() => settle(p, undefined, REQUEST_TIMEOUT), options.timeoutMs);
     return true;
@@ -74,14 +106,15 @@ export function createRequests(options: RequestOptions, prefix = randomPrefix())
 
   function attempt<R>(
     id: string,
-    frame: ClientFrame,
+    frame: RequestFrame,
     action?: Action,
     done?: (result: any) => R,
+    line: Line = {},
   ): Promise<R> {
     // retry() while an attempt with this id is still open joins it rather than racing it.
     const open = pending.get(id);
     if (open) return open.promise;
-    const p = { id, frame, action, done } as Pending;
+    const p = { id, frame, line, action, done } as Pending;
     p.promise = new Promise((resolve, reject) => {
       p.resolve = resolve;
       p.reject = reject;
@@ -133,9 +166,10 @@ export function createRequests(options: RequestOptions, prefix = randomPrefix())
       }
     },
 
-    /** The application closed the client. */
+    /** The application closed the client. Unreported acks are dropped: reporting is best effort. */
     closed(): void {
       for (const p of [...pending.values()]) settle(p, undefined, CLIENT_CLOSED);
+      unreported.length = 0;
     },
   };
 }
