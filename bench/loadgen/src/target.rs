@@ -138,8 +138,11 @@ impl Target {
     /// with its pair (see work.rs, rpc).
     pub fn rpc_template(self, tag: &str, channel: &str) -> Template {
         match self {
+            // As the client libraries do, each request reports the ack
+            // received before it (`received`), so the server need not keep
+            // that outcome for the retry window.
             Target::Pubsub => Template::new(&format!(
-                r#"{{"kind":"sendToServer","id":"{tag}-{{SEQ}}","action":{{"type":"e","t":{{TS}}}}}}"#
+                r#"{{"kind":"sendToServer","id":"{tag}-{{SEQ}}","action":{{"type":"e","t":{{TS}}}},"received":["{tag}-{{PREV}}"]}}"#
             )),
             Target::Ws => Template::new(r#"{"op":"e","type":"e","t":{TS}}"#),
             Target::Socketio => Template::new(r#"42["e",{"type":"e","t":{TS}}]"#),

@@ -207,6 +207,7 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
                         })
                         .await;
                     } else {
+                        tpl.prev_gap = inflight.max(1) as u64;
                         rpc_closed(s, &mut tpl, go, inflight, ping).await;
                     }
                 });

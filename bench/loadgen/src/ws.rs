@@ -73,10 +73,18 @@ pub struct Template {
     ts_at: Option<usize>,
     /// Offset of the 10-digit sequence number.
     seq_at: Option<usize>,
+    /// Offset of the 10-digit sequence number of an earlier request: the
+    /// one whose ack this request reports received (PubSub's `received`).
+    prev_at: Option<usize>,
+    /// How many requests back that one is: with `k` in flight on a closed
+    /// loop whose answers come in order, each request is sent as the ack of
+    /// the one `k` before it arrives.
+    pub prev_gap: u64,
 }
 
 pub const TS_MARK: &str = "{TS}";
 pub const SEQ_MARK: &str = "{SEQ}";
+pub const PREV_MARK: &str = "{PREV}";
 
 impl Template {
     /// `payload` contains `{TS}` and/or `{SEQ}` placeholders.
@@ -87,7 +95,8 @@ impl Template {
     pub fn with_opcode(payload: &str, opcode: u8) -> Self {
         let filled = payload
             .replace(TS_MARK, "0000000000000000")
-            .replace(SEQ_MARK, "1000000000");
+            .replace(SEQ_MARK, "1000000000")
+            .replace(PREV_MARK, "0000000000");
         let mut bytes = Vec::with_capacity(filled.len() + 14);
         encode_frame(&mut bytes, opcode, filled.as_bytes());
         let header = bytes.len() - filled.len();
@@ -97,12 +106,15 @@ impl Template {
             let i = payload.find(mark)?;
             let before = &payload[..i];
             let shift = before.matches(TS_MARK).count() as isize * (16 - TS_MARK.len() as isize)
-                + before.matches(SEQ_MARK).count() as isize * (10 - SEQ_MARK.len() as isize);
+                + before.matches(SEQ_MARK).count() as isize * (10 - SEQ_MARK.len() as isize)
+                + before.matches(PREV_MARK).count() as isize * (10 - PREV_MARK.len() as isize);
             Some(header + (i as isize + shift) as usize)
         };
         Template {
             ts_at: pos(TS_MARK),
             seq_at: pos(SEQ_MARK),
+            prev_at: pos(PREV_MARK),
+            prev_gap: 1,
             bytes,
         }
     }
@@ -116,6 +128,13 @@ impl Template {
                 &mut self.bytes[at..at + 10],
                 1_000_000_000 + seq % 9_000_000_000,
             );
+        }
+        if let Some(at) = self.prev_at {
+            // Before the first acks: a number no request has (ignored).
+            let prev = seq
+                .checked_sub(self.prev_gap)
+                .map_or(0, |p| 1_000_000_000 + p % 9_000_000_000);
+            write_digits(&mut self.bytes[at..at + 10], prev);
         }
         &self.bytes
     }
@@ -341,6 +360,21 @@ mod tests {
         let payload = &bytes[6..];
         assert_eq!(payload, br#"{"id":"a-1000000007","t":1795630000123456}"#);
         assert_eq!(bytes[1] & 0x7f, payload.len() as u8);
+    }
+
+    #[test]
+    fn template_names_the_request_whose_ack_came_before() {
+        let mut t = Template::new(r#"{"id":"a-{SEQ}","t":{TS},"received":["a-{PREV}"]}"#);
+        t.prev_gap = 2;
+        let payload = |t: &mut Template, seq| t.stamp(5, seq)[6..].to_vec();
+        assert_eq!(
+            payload(&mut t, 1),
+            br#"{"id":"a-1000000001","t":0000000000000005,"received":["a-0000000000"]}"#
+        );
+        assert_eq!(
+            payload(&mut t, 9),
+            br#"{"id":"a-1000000009","t":0000000000000005,"received":["a-1000000007"]}"#
+        );
     }
 
     #[test]
