@@ -103,6 +103,25 @@ describe('messaging in a real browser', () => {
     }
   });
 
+  it('reports its acks, so the server keeps almost nothing in its retry window (received, 2.2.1)', async () => {
+    const own = await startServer({ args: ['--handler', 'echo'] });
+    try {
+      const page = await openTab(await newContext(), own.origin, 'gina-w');
+      const answers = await page.evaluate(async () => {
+        const out = [];
+        for (let i = 0; i < 100; i++) out.push(await t.client.sendToServer({ type: 'SAVE', i }));
+        return out;
+      });
+      expect(answers.map((a: any) => a.i)).toEqual([...Array(100).keys()]);
+      const stats = await (await fetch(`${own.origin}/stats`)).json();
+      // Kept without reports: 100 outcomes of ~140 budgeted bytes each. Reported: only the last.
+      expect(stats.retryWindowBytes).toBeGreaterThan(0);
+      expect(stats.retryWindowBytes).toBeLessThan(400);
+    } finally {
+      await own.stop();
+    }
+  });
+
   it('a reserved type is refused by the server with 1004', async () => {
     const page = await openTab(await newContext(), server.origin, 'carol-r');
     const answer = await page.evaluate(() => t.outcome(t.client.broadcast({ type: '@pubsub/STATUS_CHANGE' })));
