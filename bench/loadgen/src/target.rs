@@ -173,11 +173,12 @@ impl Target {
         };
         let action = format!(r#"{{"type":"f","t":{{TS}}{padding}}}"#);
         match self {
+            // Each reports the previous publication's ack (`received`).
             Target::Pubsub if broadcast => Template::new(&format!(
-                r#"{{"kind":"broadcast","id":"{tag}-{{SEQ}}","action":{action}}}"#
+                r#"{{"kind":"broadcast","id":"{tag}-{{SEQ}}","action":{action},"received":["{tag}-{{PREV}}"]}}"#
             )),
             Target::Pubsub => Template::new(&format!(
-                r#"{{"kind":"publish","id":"{tag}-{{SEQ}}","topic":"{topic}","action":{action}}}"#
+                r#"{{"kind":"publish","id":"{tag}-{{SEQ}}","topic":"{topic}","action":{action},"received":["{tag}-{{PREV}}"]}}"#
             )),
             Target::Ws | Target::Echo => {
                 Template::new(&format!(r#"{{"op":"p","topic":"{topic}","d":{action}}}"#))
@@ -226,16 +227,25 @@ impl Target {
         single: bool,
     ) {
         let action = format!(r#"{{"type":"d","t":{ts:016}}}"#);
+        // As the client libraries do, the first frame reports the acks of
+        // the previous send (sent a period ago, long acked at these rates).
+        let previous = seq.checked_sub(1);
         match self {
             Target::Pubsub if single => {
+                let received = previous
+                    .map(|p| format!(r#","received":["{tag}-{p}"]"#))
+                    .unwrap_or_default();
                 let p = format!(
-                    r#"{{"kind":"sendToUser","id":"{tag}-{seq}","to":["{to}","{me}"],"action":{action}}}"#
+                    r#"{{"kind":"sendToUser","id":"{tag}-{seq}","to":["{to}","{me}"],"action":{action}{received}}}"#
                 );
                 ws::encode_frame(out, OP_TEXT, p.as_bytes());
             }
             Target::Pubsub => {
+                let received = previous
+                    .map(|p| format!(r#","received":["{tag}-{p}","{tag}-{p}b"]"#))
+                    .unwrap_or_default();
                 let p = format!(
-                    r#"{{"kind":"sendToUser","id":"{tag}-{seq}","to":"{to}","action":{action}}}"#
+                    r#"{{"kind":"sendToUser","id":"{tag}-{seq}","to":"{to}","action":{action}{received}}}"#
                 );
                 ws::encode_frame(out, OP_TEXT, p.as_bytes());
                 let p = format!(r#"{{"kind":"broadcast","id":"{tag}-{seq}b","action":{action}}}"#);
