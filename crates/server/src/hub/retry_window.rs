@@ -799,6 +799,17 @@ mod tests {
         t.settle(frame, remember);
     }
 
+    /// A window in which every id has the same hash, so that ids are told
+    /// apart by their bytes alone.
+    fn colliding(max_bytes_per_user: usize) -> RetryWindow {
+        RetryWindow::with_hasher(
+            IdHasher::Constant,
+            Duration::from_secs(120),
+            max_bytes_per_user,
+            1 << 30,
+        )
+    }
+
     fn ids(u: &str, m: &str) -> (UserId, MessageId) {
         (UserId::new(u).unwrap(), MessageId::new(m).unwrap())
     }
@@ -957,12 +968,7 @@ mod tests {
 
     #[tokio::test]
     async fn ids_with_the_same_hash_are_told_apart() {
-        let w = RetryWindow::with_hasher(
-            IdHasher::Constant,
-            Duration::from_secs(120),
-            1 << 20,
-            1 << 30,
-        );
+        let w = colliding(1 << 20);
         let u = UserId::new("u").unwrap();
         // Same length, same hash: only the bytes in the buffer differ.
         for (m, frame) in [("m1", "one"), ("m2", "two"), ("m3", "three")] {
@@ -1034,12 +1040,7 @@ mod tests {
     async fn forgotten_ids_stay_forgotten_when_every_id_collides() {
         // Every id has the same hash: only the records tell a forgotten id
         // from a remembered one, and forgetting must remove the right slot.
-        let w = RetryWindow::with_hasher(
-            IdHasher::Constant,
-            Duration::from_secs(120),
-            8 * (ENTRY_OVERHEAD + 12),
-            1 << 30,
-        );
+        let w = colliding(8 * (ENTRY_OVERHEAD + 12));
         let u = UserId::new("u").unwrap();
         for i in 0..500 {
             let m = MessageId::new(format!("c{i:03}")).unwrap();
@@ -1139,12 +1140,7 @@ mod tests {
 
     #[tokio::test]
     async fn ids_with_the_same_hash_are_released_one_by_one() {
-        let w = RetryWindow::with_hasher(
-            IdHasher::Constant,
-            Duration::from_secs(120),
-            1 << 20,
-            1 << 30,
-        );
+        let w = colliding(1 << 20);
         let u = UserId::new("u").unwrap();
         for m in ["x", "y", "z"] {
             settle_new(&w, &u, &MessageId::new(m).unwrap(), &Frame::from(m), true);
