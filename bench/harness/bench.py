@@ -659,8 +659,10 @@ def print_table(workload, results):
 def key(r):
     sw = r.get("sweep") or {}
     # A run with --server-env is an experiment: it does not replace the
-    # plain run of the same target and parameters.
-    return (r["target"], json.dumps(sw, sort_keys=True), json.dumps(r.get("server_env") or {}, sort_keys=True))
+    # plain run of the same target and parameters. Nor does one with the
+    # workload's own settings changed (slow-consumer's budget).
+    return (r["target"], json.dumps(sw, sort_keys=True), json.dumps(r.get("server_env") or {}, sort_keys=True),
+            json.dumps(r.get("workload_env") or {}, sort_keys=True))
 
 
 def save(out_dir, workload, results, fresh):
@@ -879,8 +881,8 @@ def best(rs, f):
 
 def max_sustained(rs, target):
     """The highest offered rate up to which every rate measured kept up. A
-    rate that kept up above one that did not is not counted: the server was
-    saturated below it, and what passed above was a lucky run."""
+    rate that kept up above one that did not is not counted: the server
+    was already saturated below it."""
     rates = sorted((r["offered_per_s"], keeps_up(r)) for r in rs if r["target"] == target and not r.get("error"))
     sustained = 0.0
     for rate, ok in rates:
