@@ -554,6 +554,13 @@ def cpu_comparison(ours, other, name):
     return note
 
 
+def arrival_p99(r):
+    """p99 counted to the kernel's receive time at the generator instead of its read
+    (results from before the generator measured it have none)."""
+    a = r.get("latency_at_arrival") or {}
+    return ms(a["p99_ms"]) if a.get("count") else "-"
+
+
 def row_for(workload, r):
     t = r["target"]
     if r.get("server_env"):
@@ -578,7 +585,7 @@ def row_for(workload, r):
         first = [t, r["conns"], kfmt(r["offered_per_s"])]
         return first + [kfmt(r["received_per_s"]), f'{r["loss_pct"]:.2f}%', ms(lat["p50_ms"]),
                         ms(lat["p99_ms"]) + runs_range(r, "p99_ms", ms),
-                        ms(lat["max_ms"]), pct(srv(r, "cpu_pct")), pct(r["gen_cpu_pct"]), keeps]
+                        ms(lat["max_ms"]), arrival_p99(r), pct(srv(r, "cpu_pct")), pct(r["gen_cpu_pct"]), keeps]
     if workload == "presence-churn":
         b = r.get("latency_b") or {}
         s = r.get("server") or {}
@@ -604,10 +611,10 @@ HEADERS = {
             "server µs/round trip", "gen CPU", "server MiB"],
     "idle": ["target", "conns", "server KiB/conn", "server MiB", "connect s", "connect p50 ms", "connect p99 ms",
              "idle CPU", "failed"],
-    "fanout": ["target", "conns", "offered/s", "delivered/s", "loss", "p50 ms", "p99 ms", "max ms", "server CPU",
-               "gen CPU", "keeps up"],
+    "fanout": ["target", "conns", "offered/s", "delivered/s", "loss", "p50 ms", "p99 ms", "max ms",
+               "p99 at arrival ms", "server CPU", "gen CPU", "keeps up"],
     "dm": ["target", "conns", "offered deliveries/s", "delivered/s", "loss", "p50 ms", "p99 ms", "max ms",
-           "server CPU", "gen CPU", "keeps up"],
+           "p99 at arrival ms", "server CPU", "gen CPU", "keeps up"],
     "presence-churn": ["target", "held", "connects/s", "events/s", "lost", "ONLINE p50 ms", "ONLINE p99 ms",
                        "OFFLINE p50 ms", "OFFLINE p99 ms", "OFFLINE max ms", "RSS 1st half MiB", "RSS 2nd half MiB",
                        "2nd-half slope MiB/min"],
@@ -938,9 +945,13 @@ def targets_report(data, ours_label="pubsub"):
     if fan:
         at400 = next((r for r in fan if r["target"] == ours_label and abs(r["offered_per_s"] - 400e3) < 1), None)
         if at400:
+            # Judged at the generator's read, the stricter figure; the time
+            # to arrival in its socket is shown beside it when measured.
             ok = keeps_up(at400) and at400["latency"]["p99_ms"] <= 50
+            arrival = arrival_p99(at400)
+            beside = f" ({arrival} ms to arrival in the generator's socket)" if arrival != "-" else ""
             out.append(f"| fanout 400k/s keeps up, p99 ≤ 50 ms | {'keeps up' if keeps_up(at400) else 'saturated'}, "
-                       f"p99 {ms(at400['latency']['p99_ms'])} ms | {verdict(ok)} |")
+                       f"p99 {ms(at400['latency']['p99_ms'])} ms{beside} | {verdict(ok)} |")
         ours, nats = max_sustained(fan, ours_label), max_sustained(fan, "nats")
         top = max(r["offered_per_s"] for r in fan if r["target"] == ours_label)
         if nats:

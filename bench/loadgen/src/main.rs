@@ -13,6 +13,7 @@
 //! <split>` (µs since the epoch), runs, then prints `RESULT {json}`.
 
 mod pusher;
+mod receivers;
 mod stats;
 mod target;
 mod work;
@@ -416,6 +417,7 @@ fn parent(w: Workload) -> anyhow::Result<()> {
     // Merge.
     let mut hist = new_hist();
     let mut hist_b = new_hist();
+    let mut arrival_hist = new_hist();
     let mut connect_hist = new_hist();
     let (mut sent, mut received, mut errors, mut failed, mut closed_early, mut conns) =
         (0, 0, 0, 0, 0, 0);
@@ -425,6 +427,7 @@ fn parent(w: Workload) -> anyhow::Result<()> {
     for r in &results {
         r.hist.add_to(&mut hist);
         r.hist_b.add_to(&mut hist_b);
+        r.arrival_hist.add_to(&mut arrival_hist);
         r.connect_hist.add_to(&mut connect_hist);
         sent += r.sent;
         received += r.received;
@@ -527,7 +530,7 @@ fn parent(w: Workload) -> anyhow::Result<()> {
     } else {
         None
     };
-    let gen_window = (drain_end - go_at) as f64 / 1e6;
+    let gen_window = (end - start) as f64 / 1e6;
     let out = json!({
         "workload": w.name(),
         "target": c.target.name(),
@@ -548,6 +551,7 @@ fn parent(w: Workload) -> anyhow::Result<()> {
         "received_per_s": received as f64 / window,
         "latency": summarize(&hist),
         "latency_b": summarize(&hist_b),
+        "latency_at_arrival": summarize(&arrival_hist),
         "connect": summarize(&connect_hist),
         "connect_wall_s": connect_wall_s,
         "gen_cpu_pct": 100.0 * cpu / gen_window,

@@ -35,6 +35,9 @@ pub struct Stats {
     /// Second histogram for workloads with two phases (slow-consumer) or two
     /// event kinds (presence OFFLINE events).
     pub hist_b: Histogram<u64>,
+    /// The deliveries of `hist` timed to when the kernel received them
+    /// rather than to when this process read them (see [`set_arrival`]).
+    pub arrival_hist: Histogram<u64>,
     pub connect_hist: Histogram<u64>,
     pub connect_failed: u64,
     pub closed_early: u64,
@@ -49,6 +52,7 @@ impl Default for Stats {
             errors: 0,
             hist: new_hist(),
             hist_b: new_hist(),
+            arrival_hist: new_hist(),
             connect_hist: new_hist(),
             connect_failed: 0,
             closed_early: 0,
@@ -62,6 +66,22 @@ thread_local! {
     static WINDOW: Cell<(u64, u64)> = const { Cell::new((u64::MAX, u64::MAX)) };
     /// Messages whose timestamp is at or after this go to `hist_b`.
     static SPLIT: Cell<u64> = const { Cell::new(u64::MAX) };
+    /// Kernel receive time (µs) of the read being parsed, 0 if unknown.
+    static ARRIVAL: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Sets the kernel's receive time of the bytes about to be parsed (0: none).
+/// For TCP the kernel reports the stamp of the last segment a read took, so
+/// for a frame that came in an earlier segment of the same read this is an
+/// upper bound: latency to arrival is at most what is recorded, and the
+/// difference to latency at the read is the generator's own delay at least.
+pub fn set_arrival(us: u64) {
+    ARRIVAL.with(|a| a.set(us));
+}
+
+/// The kernel receive time set for the bytes being parsed (0: none).
+pub fn arrival() -> u64 {
+    ARRIVAL.with(|a| a.get())
 }
 
 pub fn set_window(start: u64, end: u64) {
@@ -126,6 +146,7 @@ pub fn scan_deliveries(payload: &[u8], now: u64) -> usize {
     let finder = TS_FINDER.find_iter(payload);
     let mut found = 0;
     let split = SPLIT.with(|s| s.get());
+    let arrival = arrival();
     STATS.with(|s| {
         let mut s = s.borrow_mut();
         for at in finder {
@@ -145,6 +166,11 @@ pub fn scan_deliveries(payload: &[u8], now: u64) -> usize {
                     let _ = s.hist_b.record(lat);
                 } else {
                     let _ = s.hist.record(lat);
+                    if arrival != 0 {
+                        let _ = s
+                            .arrival_hist
+                            .record(arrival.saturating_sub(ts).clamp(1, lat));
+                    }
                 }
             }
         }
@@ -221,6 +247,8 @@ pub struct ChildResult {
     pub first_error: Option<String>,
     pub hist: Buckets,
     pub hist_b: Buckets,
+    #[serde(default)]
+    pub arrival_hist: Buckets,
     pub connect_hist: Buckets,
     /// CPU seconds this process used during the measurement window.
     pub cpu_s: f64,
@@ -240,6 +268,7 @@ pub fn take_result(conns: u64, cpu_s: f64) -> ChildResult {
             first_error: s.first_error.clone(),
             hist: Buckets::of(&s.hist),
             hist_b: Buckets::of(&s.hist_b),
+            arrival_hist: Buckets::of(&s.arrival_hist),
             connect_hist: Buckets::of(&s.connect_hist),
             cpu_s,
             extra: Default::default(),
@@ -283,6 +312,25 @@ mod tests {
             assert_eq!(s.received, 2, "1500 and 1999 are inside [1000, 2000)");
             assert_eq!(s.hist.len(), 2);
             assert_eq!(s.hist.max(), 1_000, "latency of the frame stamped 1500");
+        });
+    }
+
+    #[test]
+    fn deliveries_read_with_a_kernel_stamp_are_also_timed_to_it() {
+        set_window(1_000, 2_000);
+        // Stamped at 1,800 by the kernel, read at 2,500.
+        set_arrival(1_800);
+        scan_deliveries(br#"{"t":1500}{"t":1700}"#, 2_500);
+        // A read without a stamp (an unstamped connection) adds none.
+        set_arrival(0);
+        scan_deliveries(br#"{"t":1600}"#, 2_500);
+        STATS.with(|s| {
+            let s = s.borrow();
+            assert_eq!(s.hist.len(), 3);
+            assert_eq!(s.arrival_hist.len(), 2);
+            assert_eq!(s.arrival_hist.max(), 300, "1,800 - 1,500");
+            assert_eq!(s.arrival_hist.min(), 100, "1,800 - 1,700");
+            assert_eq!(s.hist.max(), 1_000, "read latency unchanged");
         });
     }
 }

@@ -302,6 +302,7 @@ pub fn endpoint(
         path: target.path(user),
         subprotocol: target.subprotocol(),
         recv_buffer: None,
+        arrival_stamps: false,
     }
 }
 
@@ -357,7 +358,7 @@ impl Session {
         let (stream, leftover) = ws::connect(ep).await?;
         let mut s = Session {
             stream,
-            reader: Reader::with_leftover(leftover),
+            reader: Reader::with_leftover(leftover, ep.arrival_stamps),
             target,
             replies: Vec::new(),
             closed: false,
@@ -576,6 +577,19 @@ impl Session {
         }
     }
 
+    /// The socket, reader state, target, unwritten keep-alive answers and
+    /// closed flag, for the receive-only loop (receivers.rs), which reads the
+    /// socket outside tokio's reactor.
+    pub fn into_parts(self) -> (TcpStream, Reader, Target, Vec<u8>, bool) {
+        (
+            self.stream,
+            self.reader,
+            self.target,
+            self.replies,
+            self.closed,
+        )
+    }
+
     fn process_pending(&mut self, on_data: &mut dyn FnMut(&[u8])) {
         let target = self.target;
         let replies = &mut self.replies;
@@ -670,7 +684,7 @@ impl Session {
     }
 }
 
-fn handle_frame(
+pub(crate) fn handle_frame(
     target: Target,
     replies: &mut Vec<u8>,
     op: u8,

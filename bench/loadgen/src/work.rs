@@ -28,7 +28,7 @@ pub struct Go {
 }
 
 /// The tokio instant for a wall-clock time in µs.
-fn at(us: u64) -> Instant {
+pub(crate) fn at(us: u64) -> Instant {
     let now = now_us();
     if us > now {
         Instant::now() + Duration::from_micros(us - now)
@@ -44,6 +44,11 @@ struct Ctl {
     sem: Semaphore,
     go: watch::Receiver<Option<Go>>,
     extra: RefCell<serde_json::Map<String, serde_json::Value>>,
+    /// Time deliveries to their kernel receive time too (see ws.rs).
+    arrival_stamps: bool,
+    /// Receive-only connections, set up and waiting to be handed to
+    /// `receivers::run` once the run starts.
+    receivers: RefCell<Vec<Session>>,
 }
 
 impl Ctl {
@@ -76,6 +81,7 @@ impl Ctl {
         let permit = self.sem.acquire().await.ok();
         let mut ep = endpoint(c.target, c.port, c.hosts, proc_index, index, &setup.user);
         ep.recv_buffer = rcvbuf;
+        ep.arrival_stamps = self.arrival_stamps;
         let t0 = now_us();
         let r = Session::open(
             c.target,
@@ -132,6 +138,13 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
         sem: Semaphore::new(c.connect_concurrency.max(1)),
         go: go_rx,
         extra: RefCell::new(Default::default()),
+        // The open-loop delivery workloads, where the generator reads
+        // thousands of sockets and its own delay is part of what it reports.
+        arrival_stamps: matches!(
+            w,
+            Workload::Fanout { .. } | Workload::Dm { .. } | Workload::SlowConsumer { .. }
+        ),
+        receivers: RefCell::new(Vec::new()),
     });
     let tag = |i: usize| format!("g{index}c{i}");
     let mut n_setup = 0usize;
@@ -275,11 +288,9 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
                 n_setup += 1;
                 let (ctl, c, setup) = (ctl.clone(), c.clone(), sub_setup(i));
                 tokio::task::spawn_local(async move {
-                    let Some(s) = ctl.open(&c, index, i, &setup, None).await else {
-                        return;
-                    };
-                    let go = ctl.go().await;
-                    receive_until(s, go, None).await;
+                    if let Some(s) = ctl.open(&c, index, i, &setup, None).await {
+                        ctl.receivers.borrow_mut().push(s);
+                    }
                 });
             }
             if index == 0 {
@@ -375,11 +386,11 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
                         let Some(s) = ctl.open(&c, index, i, &setup, None).await else {
                             return;
                         };
-                        let go = ctl.go().await;
                         if t != 0 || rate <= 0.0 {
-                            receive_until(s, go, None).await;
+                            ctl.receivers.borrow_mut().push(s);
                             return;
                         }
+                        let go = ctl.go().await;
                         let period = 1e6 / rate;
                         let phase = fastrand::f64() * period;
                         let me = format!("u{u}");
@@ -508,10 +519,22 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
     };
     stats::set_window(go.start, go.end);
     stats::set_split(go.split);
-    let cpu0 = proc_cpu_s("self").unwrap_or(0.0);
     go_tx.send(Some(go)).ok();
-    sleep_until(at(go.drain_end + 50_000)).await;
+    let receivers = ctl.receivers.take();
+    if !receivers.is_empty() {
+        tokio::task::spawn_local(async move {
+            if let Err(e) = crate::receivers::run(receivers, go).await {
+                stats::error(|| format!("receive-only connections: {e}"));
+            }
+        });
+    }
+    // CPU over the measured window only, as the server's is: warm-up and
+    // drain are lighter, and counting them hid a generator busy all window.
+    sleep_until(at(go.start)).await;
+    let cpu0 = proc_cpu_s("self").unwrap_or(0.0);
+    sleep_until(at(go.end)).await;
     let cpu1 = proc_cpu_s("self").unwrap_or(0.0);
+    sleep_until(at(go.drain_end + 50_000)).await;
     let mut r = stats::take_result(ctl.ready.get() as u64, cpu1 - cpu0);
     r.extra = ctl.extra.borrow().clone();
     PER_CONN.with(|v| {

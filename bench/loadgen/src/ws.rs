@@ -12,12 +12,23 @@
 //!   of a read is copied into the connection's own buffer.
 //! - Sockets get TCP_NODELAY and SO_LINGER 0 (closing sends RST: no TIME_WAIT
 //!   pile-up between runs).
+//! - A connection opened with `arrival_stamps` asks the kernel for each read's
+//!   receive time (SO_TIMESTAMPNS, read with `recvmsg`) and hands it to
+//!   `stats::set_arrival` while the read's frames are parsed, so deliveries
+//!   are also timed to when they reached this machine's socket, without the
+//!   generator's own delay in reading them.
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recv, recvmsg, setsockopt, sockopt};
+use nix::sys::time::TimeSpec;
+use tokio::io::Interest;
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::stats;
 
 pub const OP_CONT: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
@@ -30,6 +41,8 @@ const SCRATCH_BYTES: usize = 256 * 1024;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_BYTES]);
+    /// Control-message space for one SCM_TIMESTAMPNS, reused by every read.
+    static CMSG: RefCell<Vec<u8>> = RefCell::new(nix::cmsg_space!(TimeSpec));
 }
 
 #[derive(Clone, Debug)]
@@ -40,6 +53,8 @@ pub struct Endpoint {
     pub subprotocol: Option<&'static str>,
     /// SO_RCVBUF for this connection (the slow consumer uses a small one).
     pub recv_buffer: Option<u32>,
+    /// Ask the kernel for the receive time of what is read (see the module doc).
+    pub arrival_stamps: bool,
 }
 
 /// Appends a masked (all-zero key) client frame.
@@ -158,6 +173,9 @@ pub async fn connect(ep: &Endpoint) -> io::Result<(TcpStream, Vec<u8>)> {
     if let Some(size) = ep.recv_buffer {
         sock.set_recv_buffer_size(size)?;
     }
+    if ep.arrival_stamps {
+        setsockopt(&sock, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)?;
+    }
     let stream = sock.connect(ep.dst).await?;
     stream.set_nodelay(true)?;
     let proto = match ep.subprotocol {
@@ -214,7 +232,13 @@ pub async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
 #[derive(Default)]
 pub struct Reader {
     partial: Vec<u8>,
+    /// The socket has SO_TIMESTAMPNS on: read with `recvmsg` and report the
+    /// kernel's receive time.
+    stamped: bool,
 }
+
+/// One read: the bytes it took and the kernel's receive time in µs (0: unknown).
+type Read = io::Result<(usize, u64)>;
 
 /// What a read produced.
 pub enum ReadOutcome {
@@ -225,8 +249,11 @@ pub enum ReadOutcome {
 }
 
 impl Reader {
-    pub fn with_leftover(leftover: Vec<u8>) -> Self {
-        Reader { partial: leftover }
+    pub fn with_leftover(leftover: Vec<u8>, stamped: bool) -> Self {
+        Reader {
+            partial: leftover,
+            stamped,
+        }
     }
 
     pub fn has_pending(&self) -> bool {
@@ -244,41 +271,70 @@ impl Reader {
         closed
     }
 
-    /// Reads everything available without blocking and calls `f(opcode,
-    /// payload)` for every complete frame.
+    /// Parses `bytes` after what is left of an earlier read; keeps what is
+    /// left of this one. Returns whether a close frame was seen.
+    fn feed(&mut self, bytes: &[u8], f: &mut dyn FnMut(u8, &[u8])) -> bool {
+        if self.partial.is_empty() {
+            let (used, closed) = parse(bytes, f);
+            if used < bytes.len() {
+                self.partial.extend_from_slice(&bytes[used..]);
+            }
+            return closed;
+        }
+        self.partial.extend_from_slice(bytes);
+        let data = std::mem::take(&mut self.partial);
+        let (used, closed) = parse(&data, f);
+        if used < data.len() {
+            let mut rest = data;
+            rest.drain(..used);
+            self.partial = rest;
+            if self.partial.capacity() > 4 * self.partial.len() + 4096 {
+                self.partial.shrink_to_fit();
+            }
+        }
+        closed
+    }
+
+    /// Reads everything available from a tokio socket without blocking and
+    /// calls `f(opcode, payload)` for every complete frame.
     pub fn read_available(
         &mut self,
         stream: &TcpStream,
         f: &mut dyn FnMut(u8, &[u8]),
     ) -> io::Result<ReadOutcome> {
+        let stamped = self.stamped;
+        self.read_with(&mut |buf| read_tokio(stream, stamped, buf), f)
+    }
+
+    /// The same from a non-blocking socket outside tokio, polled
+    /// edge-triggered (receivers.rs): a short read drained it, and the next
+    /// edge comes with new data.
+    pub fn read_available_fd(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        f: &mut dyn FnMut(u8, &[u8]),
+    ) -> io::Result<ReadOutcome> {
+        let stamped = self.stamped;
+        self.read_with(&mut |buf| read_fd(fd, stamped, buf), f)
+    }
+
+    /// Reads with `read` until a short read or WouldBlock, parsing as it goes.
+    fn read_with(
+        &mut self,
+        read: &mut dyn FnMut(&mut [u8]) -> Read,
+        f: &mut dyn FnMut(u8, &[u8]),
+    ) -> io::Result<ReadOutcome> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let mut any = false;
             loop {
-                match stream.try_read(&mut scratch[..]) {
-                    Ok(0) => return Ok(ReadOutcome::Closed),
-                    Ok(n) => {
-                        any = true;
-                        let closed = if self.partial.is_empty() {
-                            let (used, closed) = parse(&scratch[..n], f);
-                            if used < n {
-                                self.partial.extend_from_slice(&scratch[used..n]);
-                            }
-                            closed
-                        } else {
-                            self.partial.extend_from_slice(&scratch[..n]);
-                            let data = std::mem::take(&mut self.partial);
-                            let (used, closed) = parse(&data, f);
-                            if used < data.len() {
-                                let mut rest = data;
-                                rest.drain(..used);
-                                self.partial = rest;
-                                if self.partial.capacity() > 4 * self.partial.len() + 4096 {
-                                    self.partial.shrink_to_fit();
-                                }
-                            }
-                            closed
-                        };
+                match read(&mut scratch[..]) {
+                    Ok((0, _)) => return Ok(ReadOutcome::Closed),
+                    Ok((n, arrival)) => {
+                        // Only this read's frames carry its stamp: the
+                        // setting is per thread, shared by every connection.
+                        stats::set_arrival(arrival);
+                        let closed = self.feed(&scratch[..n], f);
+                        stats::set_arrival(0);
                         if closed {
                             return Ok(ReadOutcome::Closed);
                         }
@@ -287,7 +343,6 @@ impl Reader {
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        let _ = any;
                         return Ok(ReadOutcome::Data);
                     }
                     Err(e)
@@ -303,6 +358,58 @@ impl Reader {
             }
         })
     }
+}
+
+/// One read from a tokio socket into `buf`: the bytes read and, if
+/// `stamped`, the kernel's receive time of the read in µs (0: unknown).
+///
+/// A short read means the socket had nothing more, so it is reported to
+/// tokio as WouldBlock, which clears the socket's readiness now: without
+/// that, the next wait returns at once and a second system call only finds
+/// the socket empty (the server's reader does the same).
+fn read_tokio(stream: &TcpStream, stamped: bool, buf: &mut [u8]) -> Read {
+    let capacity = buf.len();
+    let mut got = None;
+    let result = stream.try_io(Interest::READABLE, || {
+        let read = read_fd(stream.as_fd(), stamped, buf)?;
+        got = Some(read);
+        if read.0 > 0 && read.0 < capacity {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match (got, result) {
+        (Some(read), _) => Ok(read),
+        (None, Err(e)) => Err(e),
+        (None, Ok(())) => unreachable!("a successful read records what it got"),
+    }
+}
+
+/// One non-blocking read from `fd`: `recvmsg` with the kernel's receive time
+/// if `stamped`, else a plain `recv`.
+fn read_fd(fd: BorrowedFd<'_>, stamped: bool, buf: &mut [u8]) -> Read {
+    if stamped {
+        CMSG.with(|cmsg| recv_stamped(fd, buf, &mut cmsg.borrow_mut()))
+    } else {
+        let n = recv(fd.as_raw_fd(), buf, MsgFlags::empty()).map_err(io::Error::from)?;
+        Ok((n, 0))
+    }
+}
+
+/// `recvmsg` into `buf`, with the kernel's receive time (SO_TIMESTAMPNS; for
+/// TCP the stamp of the last segment taken) in µs, 0 if none came.
+fn recv_stamped(fd: BorrowedFd<'_>, buf: &mut [u8], cmsg: &mut [u8]) -> Read {
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::empty())
+        .map_err(io::Error::from)?;
+    let mut arrival = 0;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmTimestampns(t) = c {
+            arrival = t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000;
+        }
+    }
+    Ok((msg.bytes, arrival))
 }
 
 /// Parses complete frames from `buf`; returns bytes consumed and whether a
@@ -396,5 +503,79 @@ mod tests {
         let (used2, _) = parse(&frames[used..], &mut |_, p| seen.push(p.len()));
         assert_eq!(seen, vec![5, 300]);
         assert_eq!(used + used2, frames.len());
+    }
+
+    /// The two ends of a loopback TCP connection; the first with SO_TIMESTAMPNS if `stamped`.
+    async fn pair(stamped: bool) -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sock = TcpSocket::new_v4().unwrap();
+        if stamped {
+            setsockopt(&sock, sockopt::ReceiveTimestampns, &true).unwrap();
+        }
+        let (client, accepted) = tokio::join!(
+            sock.connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    /// What one `read_available` call gets: payloads, each with the arrival
+    /// time set while it was parsed.
+    fn read_all(reader: &mut Reader, stream: &TcpStream) -> Vec<(Vec<u8>, u64)> {
+        let mut got = Vec::new();
+        reader
+            .read_available(stream, &mut |_, p| got.push((p.to_vec(), stats::arrival())))
+            .unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_stamped_reader_reports_when_the_kernel_received_the_bytes() {
+        let (client, server) = pair(true).await;
+        let sent_at = stats::now_us();
+        write_all(&server, &text_frame(b"one")).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        client.readable().await.unwrap();
+        let read_at = stats::now_us();
+        let mut reader = Reader::with_leftover(Vec::new(), true);
+        let got = read_all(&mut reader, &client);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, b"one");
+        let arrival = got[0].1;
+        assert!(
+            (sent_at..=read_at).contains(&arrival),
+            "arrival {arrival} within [{sent_at}, {read_at}]"
+        );
+        assert!(
+            read_at - arrival >= 25_000,
+            "the stamp is the arrival, not the read"
+        );
+        assert_eq!(stats::arrival(), 0, "the stamp does not outlive its read");
+
+        let (plain, server) = pair(false).await;
+        write_all(&server, &text_frame(b"two")).await.unwrap();
+        plain.readable().await.unwrap();
+        let mut reader = Reader::with_leftover(Vec::new(), false);
+        assert_eq!(read_all(&mut reader, &plain), vec![(b"two".to_vec(), 0)]);
+    }
+
+    #[tokio::test]
+    async fn a_short_read_leaves_the_socket_waiting_for_new_data() {
+        let (client, server) = pair(false).await;
+        write_all(&server, &text_frame(b"one")).await.unwrap();
+        client.readable().await.unwrap();
+        let mut reader = Reader::default();
+        assert_eq!(read_all(&mut reader, &client).len(), 1);
+        // Readiness was cleared by the short read itself: a wait now blocks
+        // instead of returning at once for a read that would find nothing.
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(client.poll_read_ready(&mut cx).is_pending());
+        write_all(&server, &text_frame(b"two")).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), client.readable())
+            .await
+            .expect("new data makes the socket ready again")
+            .unwrap();
+        assert_eq!(read_all(&mut reader, &client)[0].0, b"two");
     }
 }

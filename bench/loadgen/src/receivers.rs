@@ -1,0 +1,254 @@
+//! Receive-only connections read through one epoll set of their own.
+//!
+//! A fan-out run has 10,000 connections that only receive. Read through
+//! tokio, each delivery costs a task wake-up, a poll of the task, a poll of
+//! its deadline timer and the socket's readiness bookkeeping: ~20% of the
+//! generator's core at 400k deliveries/s, when the kernel's own reading
+//! already takes most of the rest. Here the connections are handed over once
+//! their set-up is done to one task that registers them in a `mio::Poll` of
+//! its own and waits for that poll's epoll descriptor through tokio (epoll
+//! sets nest): one wake-up brings a batch of readiness events, and each is
+//! just the read and the parse. It stays one runtime thread per process, so
+//! the senders' tasks and timers run between batches on the same thread
+//! (a second thread on the generator's core made it switch between the two
+//! thousands of times a second, at a cost to both cores).
+
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use mio::net::TcpStream;
+use mio::{Events, Poll, Token};
+use tokio::io::unix::AsyncFd;
+use tokio::time::sleep_until;
+
+use crate::stats::{self, now_us};
+use crate::target::{Session, Target, handle_frame};
+use crate::work::{Go, at};
+use crate::ws::{ReadOutcome, Reader};
+
+/// Readiness events handled per turn before other tasks get the thread.
+const BATCH: usize = 256;
+
+struct Receiver {
+    stream: TcpStream,
+    reader: Reader,
+    target: Target,
+    replies: Vec<u8>,
+    closed: bool,
+}
+
+impl Receiver {
+    /// Reads what the socket has, counting deliveries; answers keep-alives.
+    fn read(&mut self, go: &Go) {
+        let target = self.target;
+        let replies = &mut self.replies;
+        let mut on = |p: &[u8]| {
+            stats::scan_deliveries(p, now_us());
+        };
+        let mut frame = |op, p: &[u8]| handle_frame(target, replies, op, p, &mut on);
+        let outcome = if self.reader.has_pending() && self.reader.process_pending(&mut frame) {
+            Ok(ReadOutcome::Closed)
+        } else {
+            self.reader
+                .read_available_fd(self.stream.as_fd(), &mut frame)
+        };
+        match outcome {
+            Ok(ReadOutcome::Data) => {}
+            Ok(ReadOutcome::Closed) => self.close(go),
+            Err(e) => {
+                stats::error(|| format!("read failed: {e}"));
+                self.close(go);
+            }
+        }
+        if !self.replies.is_empty() {
+            // A keep-alive answer of a few bytes into a socket that never
+            // sends anything else: its buffer has room. If it had not, the
+            // answer would be lost, so that is counted as an error.
+            if let Err(e) = (&self.stream).write_all(&self.replies) {
+                stats::error(|| format!("keep-alive answer not written: {e}"));
+            }
+            self.replies.clear();
+        }
+    }
+
+    fn close(&mut self, go: &Go) {
+        self.closed = true;
+        if now_us() < go.end {
+            stats::STATS.with(|s| s.borrow_mut().closed_early += 1);
+        }
+    }
+}
+
+/// Takes over `sessions` and reads them until the drain ends, counting
+/// into this thread's statistics. Their sockets leave tokio's reactor here.
+pub async fn run(sessions: Vec<Session>, go: Go) -> io::Result<()> {
+    let mut receivers = Vec::with_capacity(sessions.len());
+    for s in sessions {
+        let (stream, reader, target, replies, closed) = s.into_parts();
+        receivers.push(Receiver {
+            stream: TcpStream::from_std(stream.into_std()?),
+            reader,
+            target,
+            replies,
+            closed,
+        });
+    }
+    read_until_drained(receivers, go).await
+}
+
+async fn read_until_drained(mut receivers: Vec<Receiver>, go: Go) -> io::Result<()> {
+    let poll = Poll::new()?;
+    for (i, r) in receivers.iter_mut().enumerate() {
+        // Sockets already readable are reported by the first poll:
+        // registering a ready socket queues its event.
+        poll.registry()
+            .register(&mut r.stream, Token(i), mio::Interest::READABLE)?;
+        if r.reader.has_pending() {
+            r.read(&go);
+        }
+    }
+    // `with_interest` is deprecated because a type could hand tokio a
+    // descriptor it later closes or swaps; its replacement is an `unsafe fn`
+    // with that as its contract, and this crate forbids unsafe code. A
+    // `Poll` owns its epoll descriptor until it is dropped, and it is only
+    // dropped with the `AsyncFd`, which is the contract either way.
+    #[allow(deprecated)]
+    let mut poll = AsyncFd::with_interest(poll, tokio::io::Interest::READABLE)?;
+    let mut events = Events::with_capacity(BATCH);
+    let deadline = sleep_until(at(go.drain_end));
+    tokio::pin!(deadline);
+    loop {
+        let mut ready = tokio::select! {
+            biased;
+            () = &mut deadline => return Ok(()),
+            ready = poll.readable_mut() => ready?,
+        };
+        match ready
+            .get_inner_mut()
+            .poll(&mut events, Some(Duration::ZERO))
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        let mut handled = 0;
+        for event in events.iter() {
+            handled += 1;
+            let Some(r) = receivers.get_mut(event.token().0) else {
+                continue;
+            };
+            if !r.closed {
+                r.read(&go);
+                if r.closed {
+                    let _ = ready.get_inner().registry().deregister(&mut r.stream);
+                }
+            }
+        }
+        if handled < BATCH {
+            // The set is drained: wait for its next edge.
+            ready.clear_ready();
+        } else {
+            // More may be waiting; let the senders have the thread first.
+            drop(ready);
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream as StdStream};
+
+    use nix::sys::socket::{setsockopt, sockopt};
+
+    use super::*;
+
+    /// An unmasked server frame.
+    fn server_frame(payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x81, payload.len() as u8];
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    fn delivery() -> Vec<u8> {
+        server_frame(format!(r#"{{"type":"e","t":{}}}"#, now_us()).as_bytes())
+    }
+
+    /// A PubSub receiver on one end of a loopback connection, and the other end.
+    fn pair() -> (Receiver, StdStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = StdStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.set_nonblocking(true).unwrap();
+        setsockopt(&client, sockopt::ReceiveTimestampns, &true).unwrap();
+        let receiver = Receiver {
+            stream: TcpStream::from_std(client),
+            reader: Reader::with_leftover(Vec::new(), true),
+            target: Target::Pubsub,
+            replies: Vec::new(),
+            closed: false,
+        };
+        (receiver, server)
+    }
+
+    #[test]
+    fn every_connection_is_read_timed_and_answered_until_the_drain_ends() {
+        let now = now_us();
+        let go = Go {
+            go_at: now,
+            start: now,
+            end: now + 300_000,
+            drain_end: now + 500_000,
+            split: u64::MAX,
+        };
+        let (mut receivers, mut peers): (Vec<_>, Vec<_>) = (0..3).map(|_| pair()).unzip();
+        // One connection holds a delivery and half of the next from its
+        // set-up; one delivery waits in each socket before the loop starts.
+        let mut held = delivery();
+        let next = delivery();
+        held.extend_from_slice(&next[..5]);
+        receivers[0].reader = Reader::with_leftover(held, true);
+        peers[0].write_all(&next[5..]).unwrap();
+        for p in &mut peers[1..] {
+            p.write_all(&delivery()).unwrap();
+        }
+        let thread = std::thread::spawn(move || {
+            // The generator's process sets its window before the run starts.
+            stats::set_window(go.start, go.end);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(read_until_drained(receivers, go))?;
+            Ok::<_, io::Error>(stats::STATS.with(|s| std::mem::take(&mut *s.borrow_mut())))
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        // While it runs: a keep-alive to answer, more deliveries, a close.
+        peers[0]
+            .write_all(&server_frame(br#"{"kind":"ping"}"#))
+            .unwrap();
+        peers[1].write_all(&delivery()).unwrap();
+        drop(peers.pop());
+        let mut pong = [0u8; 21];
+        peers[0]
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        peers[0].read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"\x81\x8f\0\0\0\0{\"kind\":\"pong\"}");
+
+        let counted = thread.join().unwrap().unwrap();
+        assert_eq!(counted.errors, 0, "{:?}", counted.first_error);
+        assert_eq!(counted.received, 5, "2 + 2 + 1 deliveries");
+        assert_eq!(counted.hist.len(), 5);
+        assert_eq!(
+            counted.arrival_hist.len(),
+            4,
+            "all but the one held from set-up"
+        );
+        assert!(counted.arrival_hist.max() <= counted.hist.max());
+        assert_eq!(counted.closed_early, 1);
+        assert!(now_us() >= go.drain_end, "read until the drain ended");
+    }
+}
