@@ -195,6 +195,7 @@ mod tests {
 
     #[test]
     fn every_connection_is_read_timed_and_answered_until_the_drain_ends() {
+        let _on = crate::ws::stamps_on();
         let now = now_us();
         let go = Go {
             go_at: now,

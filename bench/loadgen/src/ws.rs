@@ -412,6 +412,38 @@ fn recv_stamped(fd: BorrowedFd<'_>, buf: &mut [u8], cmsg: &mut [u8]) -> Read {
     Ok((msg.bytes, arrival))
 }
 
+/// Keeps the kernel's receive timestamps on while it lives. The first socket
+/// that asks for them turns them on for the whole machine a moment later (a
+/// static key flipped from a work queue), and the last one to close turns
+/// them off, so a test's first packets could otherwise go unstamped.
+#[cfg(test)]
+pub(crate) struct StampsOn {
+    _stamped: std::net::TcpStream,
+    _other: std::net::TcpStream,
+}
+
+#[cfg(test)]
+pub(crate) fn stamps_on() -> StampsOn {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stamped = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut other, _) = listener.accept().unwrap();
+    setsockopt(&stamped, sockopt::ReceiveTimestampns, &true).unwrap();
+    let mut cmsg = nix::cmsg_space!(TimeSpec);
+    for _ in 0..400 {
+        other.write_all(b"x").unwrap();
+        let (_, arrival) = recv_stamped(stamped.as_fd(), &mut [0u8; 8], &mut cmsg).unwrap();
+        if arrival != 0 {
+            return StampsOn {
+                _stamped: stamped,
+                _other: other,
+            };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("the kernel never started stamping received packets");
+}
+
 /// Parses complete frames from `buf`; returns bytes consumed and whether a
 /// close frame was seen.
 fn parse(buf: &[u8], f: &mut dyn FnMut(u8, &[u8])) -> (usize, bool) {
@@ -531,6 +563,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stamped_reader_reports_when_the_kernel_received_the_bytes() {
+        let _on = stamps_on();
         let (client, server) = pair(true).await;
         let sent_at = stats::now_us();
         write_all(&server, &text_frame(b"one")).await.unwrap();
