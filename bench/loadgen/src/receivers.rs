@@ -47,7 +47,7 @@ impl Receiver {
             stats::scan_deliveries(p, now_us());
         };
         let mut frame = |op, p: &[u8]| handle_frame(target, replies, op, p, &mut on);
-        let outcome = if self.reader.has_pending() && self.reader.process_pending(&mut frame) {
+        let outcome = if self.reader.process_pending(&mut frame) {
             Ok(ReadOutcome::Closed)
         } else {
             self.reader

@@ -262,13 +262,8 @@ impl Reader {
 
     /// Processes bytes already buffered (e.g. after the upgrade response).
     pub fn process_pending(&mut self, f: &mut dyn FnMut(u8, &[u8])) -> bool {
-        if self.partial.is_empty() {
-            return false;
-        }
         let data = std::mem::take(&mut self.partial);
-        let (used, closed) = parse(&data, f);
-        self.partial = data[used..].to_vec();
-        closed
+        self.feed(&data, f)
     }
 
     /// Parses `bytes` after what is left of an earlier read; keeps what is
