@@ -15,6 +15,10 @@ sockudo is built from crates.io (`cargo install sockudo`, with apt's
 protobuf-compiler) into bench/.build/sockudo, which takes about 15 minutes on
 2 cores. So it is built only when named in --targets; a run without --targets
 (`bench/run all` too) includes it only once it is built.
+
+`bench/run host` prints what every result records about the host: its CPU,
+the kernel's speculative-execution mitigations, and two gauges of the
+kernel's speed (a null system call, a 20-byte loopback write).
 """
 
 import argparse
@@ -134,6 +138,7 @@ class Env:
         self.profile = args.profile
         self.bin_dir = self.target_dir / ("release" if self.profile == "release" else "debug")
         self.skipped = {}
+        self.host = None  # host_info()
         self.server_core = args.server_core
         self.gen_core = args.gen_core
         self.taskset = shutil.which("taskset")
@@ -409,6 +414,82 @@ def sockudo_version(env):
         return "unknown"
 
 
+# The mitigations that change what a system call costs: on a host with
+# "Safe RET" every kernel function's return goes through a thunk.
+MITIGATIONS = ("spectre_v2", "spec_rstack_overflow", "retbleed")
+
+
+def read_text(path):
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def host_info(env):
+    """What host this is and how fast its kernel is (bench/loadgen/src/bin/host_probe.rs),
+    measured once per invocation on the server's core and recorded with every result:
+    absolute figures follow the host, and sessions land on different ones."""
+    if env.host is not None:
+        return env.host
+    cpu = {}
+    for line in read_text("/proc/cpuinfo").splitlines():
+        k, _, v = line.partition(":")
+        k = k.strip()
+        if k in ("model name", "cpu family", "model") and k not in cpu:
+            cpu[k] = v.strip()
+        if k == "flags" and "flags" not in cpu:
+            cpu["flags"] = v.split()
+    host = {
+        "cpu": cpu.get("model name", "unknown"),
+        "cpu_family_model": f"{cpu.get('cpu family', '?')}/{cpu.get('model', '?')}",
+        "vcpus": os.cpu_count(),
+        "virtualized": "hypervisor" in cpu.get("flags", []),
+        "kernel": os.uname().release,
+        "mitigations": {m: read_text(f"/sys/devices/system/cpu/vulnerabilities/{m}").strip() or "unknown"
+                        for m in MITIGATIONS},
+    }
+    probe = env.bin_dir / "host-probe"
+    try:
+        r = subprocess.run(env.pin(env.server_core, [str(probe)]), capture_output=True, text=True, timeout=120)
+        host.update(json.loads(r.stdout.strip().splitlines()[-1]))
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as e:
+        log(f"warning: host-probe did not run ({e}); results carry no host gauges")
+    env.host = host
+    return host
+
+
+def host_lines(hosts):
+    """For a report: each distinct host once, with the range its gauges read over the runs."""
+    groups = {}
+    for h in hosts:
+        ident = json.dumps({k: h.get(k) for k in ("cpu", "cpu_family_model", "vcpus", "virtualized", "kernel",
+                                                  "mitigations")}, sort_keys=True)
+        groups.setdefault(ident, []).append(h)
+    lines = []
+    for ident, hs in sorted(groups.items()):
+        h = json.loads(ident)
+
+        def span(key, fmt):
+            vals = sorted(x[key] for x in hs if x.get(key) is not None)
+            if not vals:
+                return None
+            lo, hi = fmt.format(vals[0]), fmt.format(vals[-1])
+            return lo if lo == hi else f"{lo}–{hi}"
+
+        gauges = []
+        if (v := span("null_syscall_ns", "{:.0f}")) is not None:
+            gauges.append(f"a null system call {v} ns")
+        if (v := span("loopback_write_us", "{:.2f}")) is not None:
+            gauges.append(f"a 20-byte loopback write {v} µs")
+        mit = "; ".join(f"{k} {v.split(';')[0]}" for k, v in sorted((h.get("mitigations") or {}).items()))
+        lines.append(f"{h.get('cpu') or 'unknown'} (family/model {h.get('cpu_family_model') or '?'}), "
+                     f"{h.get('vcpus') or '?'} vCPUs{' under a hypervisor' if h.get('virtualized') else ''}, "
+                     f"Linux {h.get('kernel') or '?'}"
+                     + (f"; {', '.join(gauges)}" if gauges else "") + (f" (mitigations: {mit})" if mit else ""))
+    return lines
+
+
 # Server settings a workload sets as part of its definition (see run_one).
 WORKLOAD_SETTINGS = {"slow-consumer": ("PUBSUB_SERVER__MAX_OUTBOUND_BYTES",)}
 
@@ -477,6 +558,7 @@ def run_one(env, workload, target, params, server_env=None):
         res["server_build"] = server_build(env)
     elif target.startswith("sockudo"):
         res["server_build"] = sockudo_version(env)
+    res["host"] = host_info(env)
     res["load_avg_before"] = load
     res["background_cpu_pct_before"] = bg
     res["load_avg_after"] = load_avg()
@@ -1031,6 +1113,8 @@ def report(args):
         if bgs:
             note += f"; CPU used by other processes just before each run {min(bgs):.0f} … {max(bgs):.0f}% of a core"
         lines.append(note + ".\n")
+        for line in host_lines([r["host"] for r in rs if r.get("host")]):
+            lines.append(f"Host: {line}.\n")
         lines.append(table(HEADERS[w], rows))
         errs = [r for r in rs if r.get("error")]
         for r in errs:
@@ -1100,7 +1184,7 @@ def smoke(env, args):
 def main():
     ap = argparse.ArgumentParser(prog="bench/run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workload", choices=["rpc", "idle", "fanout", "dm", "presence-churn", "slow-consumer", "all", "smoke",
-                                        "report"])
+                                        "report", "host"])
     ap.add_argument("--targets", help="comma-separated: pubsub,echo,echo128k,ws,socketio,nats,centrifuge,sockudo,"
                                       "sockudo-ping "
                                       "[every one the workload supports; sockudo only once built: naming it here "
@@ -1154,6 +1238,10 @@ def main():
     env.build_rust()
     log(f"machine: {os.cpu_count()} cores, load avg {load_avg():.2f}; server on core {args.server_core}, "
         f"generator on core {args.gen_core}")
+    log(f"host: {host_lines([host_info(env)])[0]}")
+    if args.workload == "host":
+        print(json.dumps(env.host, indent=1))
+        return
     if args.workload == "smoke":
         sys.exit(smoke(env, args))
     if args.workload == "all":
