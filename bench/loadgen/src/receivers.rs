@@ -39,16 +39,23 @@ struct Receiver {
 }
 
 impl Receiver {
-    /// Reads what the socket has, counting deliveries; answers keep-alives.
-    fn read(&mut self, go: &Go) {
+    /// Reads what the socket has (or, once, with `held`, parses what set-up
+    /// read past the handshake), counting deliveries; answers keep-alives.
+    /// Only set-up's bytes need parsing on their own: what a read leaves is
+    /// an incomplete frame, which only the next read can complete.
+    fn read(&mut self, go: &Go, held: bool) {
         let target = self.target;
         let replies = &mut self.replies;
         let mut on = |p: &[u8]| {
             stats::scan_deliveries(p, now_us());
         };
         let mut frame = |op, p: &[u8]| handle_frame(target, replies, op, p, &mut on);
-        let outcome = if self.reader.process_pending(&mut frame) {
-            Ok(ReadOutcome::Closed)
+        let outcome = if held {
+            Ok(if self.reader.process_pending(&mut frame) {
+                ReadOutcome::Closed
+            } else {
+                ReadOutcome::Data
+            })
         } else {
             self.reader
                 .read_available_fd(self.stream.as_fd(), &mut frame)
@@ -105,7 +112,7 @@ async fn read_until_drained(mut receivers: Vec<Receiver>, go: Go) -> io::Result<
         poll.registry()
             .register(&mut r.stream, Token(i), mio::Interest::READABLE)?;
         if r.reader.has_pending() {
-            r.read(&go);
+            r.read(&go, true);
         }
     }
     // `with_interest` is deprecated because a type could hand tokio a
@@ -139,7 +146,7 @@ async fn read_until_drained(mut receivers: Vec<Receiver>, go: Go) -> io::Result<
                 continue;
             };
             if !r.closed {
-                r.read(&go);
+                r.read(&go, false);
                 if r.closed {
                     let _ = ready.get_inner().registry().deregister(&mut r.stream);
                 }
