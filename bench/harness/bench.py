@@ -451,7 +451,8 @@ def host_info(env):
     }
     probe = env.bin_dir / "host-probe"
     try:
-        r = subprocess.run(env.pin(env.server_core, [str(probe)]), capture_output=True, text=True, timeout=120)
+        r = subprocess.run(env.pin(env.server_core, [str(probe), "--reader-core", str(env.gen_core)]),
+                           capture_output=True, text=True, timeout=120)
         host.update(json.loads(r.stdout.strip().splitlines()[-1]))
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as e:
         log(f"warning: host-probe did not run ({e}); results carry no host gauges")
@@ -482,6 +483,8 @@ def host_lines(hosts):
             gauges.append(f"a null system call {v} ns")
         if (v := span("loopback_write_us", "{:.2f}")) is not None:
             gauges.append(f"a 20-byte loopback write {v} µs")
+        if (v := span("sweep_10k_ms", "{:.0f}")) is not None:
+            gauges.append(f"a sweep of such writes to 10,000 read connections {v} ms")
         mit = "; ".join(f"{k} {v.split(';')[0]}" for k, v in sorted((h.get("mitigations") or {}).items()))
         lines.append(f"{h.get('cpu') or 'unknown'} (family/model {h.get('cpu_family_model') or '?'}), "
                      f"{h.get('vcpus') or '?'} vCPUs{' under a hypervisor' if h.get('virtualized') else ''}, "

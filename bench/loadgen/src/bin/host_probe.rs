@@ -14,6 +14,14 @@
 //!   sender's core also runs the receiving side's TCP. No one waits on the
 //!   receiving ends, so no wake-up is included: a floor under what one
 //!   delivery costs the server.
+//! - `sweep_write_us`: the same write, one round to each of `SWEEP_PAIRS`
+//!   connections, while a thread on `--reader-core` (the generator's core)
+//!   waits on their reading ends in epoll and drains them, as the load
+//!   generator does. This adds what a fan-out sweep adds on loopback: waking
+//!   that reader, and a working set of as many sockets as a topic's members.
+//!   `sweep_10k_ms` is the time one core would take to write once to 10,000
+//!   such members: below it, no server that writes to each member separately
+//!   gets fan-out's p99.
 //!
 //! Each gauge is the median of several rounds, so a moment of noise from a
 //! neighbour on the host does not decide it. Run it pinned to the core the
@@ -21,12 +29,32 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use mio::{Events, Interest, Poll, Token};
 
 const SYSCALLS_PER_ROUND: u32 = 200_000;
 const PAIRS: usize = 2_000;
 const ROUNDS: usize = 15;
 const MESSAGE: [u8; 20] = *b"host-probe 20 bytes.";
+/// Two open files each: 18,000 of the ~20,000 one process may hold here.
+const SWEEP_PAIRS: usize = 9_000;
+const SWEEP_ROUNDS: usize = 9;
+/// Between rounds, long enough for the reader to fall asleep in epoll, as it
+/// does between publications at a low rate.
+const SWEEP_PAUSE: Duration = Duration::from_millis(20);
+
+#[derive(Parser)]
+#[command(about = "How fast this host's kernel is at what the benchmarks spend their time on")]
+struct Cli {
+    /// The core for the thread that reads the sweep's connections (the
+    /// generator's); without it the thread may run anywhere this process may.
+    #[arg(long)]
+    reader_core: Option<usize>,
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -96,11 +124,105 @@ fn loopback_write_us() -> io::Result<f64> {
     Ok(median(rounds))
 }
 
+fn pin_this_thread(core: usize) -> io::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(core).map_err(io::Error::from)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(io::Error::from)
+}
+
+/// Reads every reading end as it becomes readable until `stop`, counting
+/// the bytes into `read`.
+fn sweep_reader(
+    readers: Vec<TcpStream>,
+    core: Option<usize>,
+    read: &AtomicU64,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    if let Some(core) = core {
+        pin_this_thread(core)?;
+    }
+    let mut poll = Poll::new()?;
+    let mut streams = readers
+        .into_iter()
+        .map(mio::net::TcpStream::from_std)
+        .collect::<Vec<_>>();
+    for (i, stream) in streams.iter_mut().enumerate() {
+        poll.registry()
+            .register(stream, Token(i), Interest::READABLE)?;
+    }
+    let mut events = Events::with_capacity(1024);
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        poll.poll(&mut events, Some(Duration::from_millis(50)))?;
+        for event in &events {
+            let stream = &mut streams[event.token().0];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => {
+                        read.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sweep_write_us(reader_core: Option<usize>) -> io::Result<f64> {
+    let (mut writers, readers): (Vec<_>, Vec<_>) = pairs(SWEEP_PAIRS)?.into_iter().unzip();
+    let read = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (read, stop) = (read.clone(), stop.clone());
+        std::thread::spawn(move || sweep_reader(readers, reader_core, &read, &stop))
+    };
+    let per_round = (SWEEP_PAIRS * MESSAGE.len()) as u64;
+    let mut rounds = Vec::with_capacity(SWEEP_ROUNDS);
+    let result = (|| {
+        // The first round warms the connections and is not counted.
+        for round in 0..=SWEEP_ROUNDS {
+            let t = Instant::now();
+            for writer in &mut writers {
+                writer.write_all(&MESSAGE)?;
+            }
+            let elapsed = t.elapsed();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while read.load(Ordering::Relaxed) < per_round * (round as u64 + 1) {
+                if Instant::now() > deadline || reader.is_finished() {
+                    return Err(io::Error::other(
+                        "the sweep's reader fell behind or stopped",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if round > 0 {
+                rounds.push(elapsed.as_secs_f64() * 1e6 / SWEEP_PAIRS as f64);
+            }
+            std::thread::sleep(SWEEP_PAUSE);
+        }
+        Ok(median(rounds))
+    })();
+    stop.store(true, Ordering::Relaxed);
+    let joined = reader
+        .join()
+        .map_err(|_| io::Error::other("the sweep's reader panicked"))?;
+    let per_write = result?;
+    joined?;
+    Ok(per_write)
+}
+
 fn main() -> io::Result<()> {
+    let cli = Cli::parse();
     let syscall = null_syscall_ns();
     let write = loopback_write_us()?;
+    let sweep = sweep_write_us(cli.reader_core)?;
+    let sweep_10k_ms = sweep * 10_000.0 / 1_000.0;
     println!(
-        "{{\"null_syscall_ns\":{syscall:.0},\"loopback_write_us\":{write:.2},\"loopback_pairs\":{PAIRS}}}"
+        "{{\"null_syscall_ns\":{syscall:.0},\"loopback_write_us\":{write:.2},\"loopback_pairs\":{PAIRS},\
+         \"sweep_write_us\":{sweep:.2},\"sweep_pairs\":{SWEEP_PAIRS},\"sweep_10k_ms\":{sweep_10k_ms:.1}}}"
     );
     Ok(())
 }
@@ -130,6 +252,31 @@ mod tests {
             }
             assert_eq!(&buf[..got], &MESSAGE);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_sweep_reader_reads_what_is_written() -> io::Result<()> {
+        let (mut writers, readers): (Vec<_>, Vec<_>) = pairs(4)?.into_iter().unzip();
+        let read = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (read, stop) = (read.clone(), stop.clone());
+            std::thread::spawn(move || sweep_reader(readers, None, &read, &stop))
+        };
+        for writer in &mut writers {
+            writer.write_all(&MESSAGE)?;
+        }
+        let want = (4 * MESSAGE.len()) as u64;
+        for _ in 0..500 {
+            if read.load(Ordering::Relaxed) >= want {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        reader.join().expect("the reader ran")?;
+        assert_eq!(read.load(Ordering::Relaxed), want);
         Ok(())
     }
 
