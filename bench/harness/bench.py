@@ -784,8 +784,11 @@ def charts(out_dir, workload, results):
             targets.append(r["target"])
     if workload == "rpc":
         groups = sorted({r["params"]["rpc"]["conns"] for r in ok})
-        vals = {(r["params"]["rpc"]["conns"], r["target"]): r["received_per_s"] for r in ok if not r["sweep"].get("rate")}
-        labels = {(r["params"]["rpc"]["conns"], r["target"]): f'p99 {ms(r["latency"]["p99_ms"])}' for r in ok}
+        # The bars are closed-loop maxima; a run at a fixed --rate is another
+        # measurement and must not lend its latency to their labels.
+        closed = [r for r in ok if not r["sweep"].get("rate")]
+        vals = {(r["params"]["rpc"]["conns"], r["target"]): r["received_per_s"] for r in closed}
+        labels = {(r["params"]["rpc"]["conns"], r["target"]): f'p99 {ms(r["latency"]["p99_ms"])}' for r in closed}
         (out_dir / "rpc.svg").write_text(svg.bars("rpc: request/response round trips per second (server on 1 core)",
                                                   "round trips/s", "connections", groups, targets, vals, labels,
                                                   note="labels: p99 latency in ms"))
