@@ -17,11 +17,13 @@
 //! - `sweep_write_us`: the same write, one round to each of `SWEEP_PAIRS`
 //!   connections, while a thread on `--reader-core` (the generator's core)
 //!   waits on their reading ends in epoll and drains them, as the load
-//!   generator does. This adds what a fan-out sweep adds on loopback: waking
-//!   that reader, and a working set of as many sockets as a topic's members.
-//!   `sweep_10k_ms` is the time one core would take to write once to 10,000
-//!   such members: below it, no server that writes to each member separately
-//!   gets fan-out's p99.
+//!   generator does. On loopback each write then also runs the receiving
+//!   socket's epoll callback while the reader works on the same sockets from
+//!   the other core; that, not waking the reader nor the number of sockets,
+//!   is what more than doubled a write's cost where it was measured
+//!   (docs/benchmarks.md, *Machine*). `sweep_10k_ms` is the time one core
+//!   takes to write once to 10,000 such members: no server that writes to
+//!   each member separately from one core has a fan-out p99 below it.
 //!
 //! Each gauge is the median of several rounds, so a moment of noise from a
 //! neighbour on the host does not decide it. Run it pinned to the core the
