@@ -187,9 +187,22 @@ struct Envelope<'a> {
     echo: Option<&'a str>,
     active: Option<&'a str>,
     received: Option<ReceivedText<'a>>,
+    /// Set by [`Envelope::scan`]: `kind`, `id` and `topic` are strings with
+    /// nothing to unescape, so their contents are the text inside the quotes.
+    plain_strings: bool,
 }
 
 impl<'a> Envelope<'a> {
+    /// The contents of a string member that needs no unescaping; `None` for
+    /// anything else (serde's case).
+    fn plain(&self, raw: &'a str) -> Option<&'a str> {
+        if self.plain_strings {
+            raw.get(1..raw.len().saturating_sub(1))
+        } else {
+            plain_str(raw)
+        }
+    }
+
     /// One pass for frames of the usual shape, serde for everything else
     /// (and for every error message).
     fn decode(text: &'a str) -> Result<Self, serde_json::Error> {
@@ -219,6 +232,7 @@ impl<'a> Envelope<'a> {
                 json: raw.get(),
                 plain: false,
             }),
+            plain_strings: false,
         })
     }
 
@@ -237,31 +251,38 @@ impl<'a> Envelope<'a> {
             return None;
         }
         i = skip_ws(b, i + 1);
-        let mut env = Envelope::default();
+        let mut env = Envelope {
+            plain_strings: true,
+            ..Envelope::default()
+        };
         if *b.get(i)? == b'}' {
             i += 1;
         } else {
             loop {
-                let quoted = plain_json_string(text.get(i..)?)?;
-                let key = &quoted[1..quoted.len() - 1];
-                i = skip_ws(b, i + quoted.len());
+                let at_key = text.get(i..)?;
+                let (member, key_len) = match known_key(at_key) {
+                    Some((member, len)) => (Some(member), len),
+                    // Not a name frames use (those were all tried): a
+                    // member to ignore, once its key and value are valid.
+                    None => (None, plain_json_string(at_key)?.len()),
+                };
+                i = skip_ws(b, i + key_len);
                 if *b.get(i)? != b':' {
                     return None;
                 }
                 i = skip_ws(b, i + 1);
                 let rest = text.get(i..)?;
-                let len = match key {
-                    "kind" => fill(&mut env.kind, plain_json_string(rest)?)?,
-                    "id" => fill(&mut env.id, plain_json_string(rest)?)?,
-                    "topic" => fill(&mut env.topic, plain_json_string(rest)?)?,
-                    "echo" => fill(&mut env.echo, json_bool(rest)?)?,
-                    "active" => fill(&mut env.active, json_bool(rest)?)?,
-                    "action" => fill(&mut env.action, action_value(rest)?)?,
-                    "to" => fill(&mut env.to, not_null(one_value(rest)?)?)?,
-                    "users" => fill(&mut env.users, not_null(one_value(rest)?)?)?,
-                    "received" => fill(&mut env.received, received_value(rest)?)?,
-                    // Any other member is ignored, once it is found valid.
-                    _ => one_value(rest)?.len(),
+                let len = match member {
+                    Some(Member::Kind) => fill(&mut env.kind, plain_json_string(rest)?)?,
+                    Some(Member::Id) => fill(&mut env.id, plain_json_string(rest)?)?,
+                    Some(Member::Topic) => fill(&mut env.topic, plain_json_string(rest)?)?,
+                    Some(Member::Echo) => fill(&mut env.echo, json_bool(rest)?)?,
+                    Some(Member::Active) => fill(&mut env.active, json_bool(rest)?)?,
+                    Some(Member::Action) => fill(&mut env.action, action_value(rest)?)?,
+                    Some(Member::To) => fill(&mut env.to, not_null(one_value(rest)?)?)?,
+                    Some(Member::Users) => fill(&mut env.users, not_null(one_value(rest)?)?)?,
+                    Some(Member::Received) => fill(&mut env.received, received_value(rest)?)?,
+                    None => one_value(rest)?.len(),
                 };
                 i = skip_ws(b, i + len);
                 match *b.get(i)? {
@@ -276,6 +297,43 @@ impl<'a> Envelope<'a> {
         }
         (skip_ws(b, i) == b.len()).then_some(env)
     }
+}
+
+/// The members a frame's envelope has.
+#[derive(Clone, Copy)]
+enum Member {
+    Kind,
+    Id,
+    Action,
+    Active,
+    Received,
+    Topic,
+    To,
+    Echo,
+    Users,
+}
+
+/// The member whose quoted name starts `rest`, and that name's length
+/// (quotes included). The closing quote ends the key, so a match is that
+/// name exactly: a few compared bytes instead of a string scan per key.
+fn known_key(rest: &str) -> Option<(Member, usize)> {
+    let candidates: &[(&str, Member)] = match rest.as_bytes().get(1)? {
+        b'k' => &[("\"kind\"", Member::Kind)],
+        b'i' => &[("\"id\"", Member::Id)],
+        b'a' => &[
+            ("\"action\"", Member::Action),
+            ("\"active\"", Member::Active),
+        ],
+        b'r' => &[("\"received\"", Member::Received)],
+        b't' => &[("\"topic\"", Member::Topic), ("\"to\"", Member::To)],
+        b'e' => &[("\"echo\"", Member::Echo)],
+        b'u' => &[("\"users\"", Member::Users)],
+        _ => return None,
+    };
+    candidates
+        .iter()
+        .find(|(name, _)| rest.starts_with(name))
+        .map(|&(name, member)| (member, name.len()))
 }
 
 /// The text of a member's value, as it is stored.
@@ -391,9 +449,11 @@ enum OneOrMany {
 /// frame; `None` for anything else. `raw` is valid JSON, so a string without
 /// a backslash holds no quote or control character to worry about (a
 /// cheaper test than `plain_json_string`, which cannot assume validity).
+/// A byte loop, not `contains`: ids and kinds are a few bytes long, and
+/// `memchr` costs more to set up than such a loop takes.
 fn plain_str(raw: &str) -> Option<&str> {
     let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-    (!inner.contains('\\')).then_some(inner)
+    inner.bytes().all(|b| b != b'\\').then_some(inner)
 }
 
 /// Decodes one text frame from a client.
@@ -422,7 +482,7 @@ pub fn decode_client_frame<'a>(
         None => None,
         // Most ids are plain strings: validate them in place. Anything else
         // (escapes, wrong type, invalid) takes serde's path and its message.
-        Some(raw) => Some(match plain_str(raw).and_then(|s| MessageId::new(s).ok()) {
+        Some(raw) => Some(match env.plain(raw).and_then(|s| MessageId::new(s).ok()) {
             Some(id) => id,
             None => serde_json::from_str::<MessageId>(raw).map_err(|e| {
                 FrameError::new(
@@ -444,7 +504,7 @@ pub fn decode_client_frame<'a>(
                 id,
             ));
         }
-        Some(raw) => match plain_str(raw) {
+        Some(raw) => match env.plain(raw) {
             Some(kind) => std::borrow::Cow::Borrowed(kind),
             None => serde_json::from_str(raw).map_err(|_| {
                 FrameError::new(
@@ -926,6 +986,9 @@ mod tests {
             " \t\n{ \"kind\" : \"broadcast\" , \"id\" : \"b\" , \"action\" : { \"type\" : \"T\" } , \"extra\" : [ 1 , 2.5e-3 , -0 ] } \r\n",
             r#"{"kind":"broadcast","id":"b","action":{"type":"T"},"unknown":{"nested":[[[]]]},"n":null}"#,
             r#"{}"#,
+            // Keys that begin like the envelope's names are other members.
+            r#"{"kinds":"x","kind":"ping","i":1,"idx":2,"act":3,"actions":4,"t":5,"top":6,"toe":7,"e":8,"user":9,"receive":10}"#,
+            r#"{"k":"","kind":"ping"}"#,
         ];
         for text in usual {
             assert!(
@@ -957,6 +1020,7 @@ mod tests {
             "\u{a0}{\"kind\":\"ping\"}",
             r#"["kind","ping"]"#,
             r#"{"kind":"ping""#,
+            r#"{"kind":"ping","users\u0020":1}"#,
         ];
         for text in unusual {
             assert!(
