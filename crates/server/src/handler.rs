@@ -4,8 +4,9 @@
 //! error becomes an `error` frame with code 2001 and the handler's message.
 
 use std::future::Future;
+use std::sync::Arc;
 
-use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use pubsub_protocol::Action;
 use serde::Serialize;
 
@@ -80,10 +81,49 @@ impl std::fmt::Display for HandlerError {
 
 impl std::error::Error for HandlerError {}
 
-/// Handles actions sent with `sendToServer`.
-#[async_trait]
+/// Handles actions sent with `sendToServer`. Implement it with an
+/// `async fn`:
+///
+/// ```
+/// use pubsub_server::{Handler, HandlerContext, HandlerResult, Reply};
+/// use pubsub_protocol::Action;
+///
+/// struct Echo;
+///
+/// impl Handler for Echo {
+///     async fn handle(&self, _ctx: HandlerContext, action: Action) -> HandlerResult {
+///         Ok(Reply::from(action))
+///     }
+/// }
+/// ```
 pub trait Handler: Send + Sync + 'static {
-    async fn handle(&self, ctx: HandlerContext, action: Action) -> HandlerResult;
+    fn handle(
+        &self,
+        ctx: HandlerContext,
+        action: Action,
+    ) -> impl Future<Output = HandlerResult> + Send;
+}
+
+/// A [`Handler`] as the hub holds it: a trait object whose call is one
+/// boxed future that owns the handler (a reference) and the handler's own
+/// future, inline. (`async_trait` would box the handler's future, and the
+/// call that keeps the handler alive would need a second box around it.)
+pub(crate) trait DynHandler: Send + Sync + 'static {
+    fn call(
+        self: Arc<Self>,
+        ctx: HandlerContext,
+        action: Action,
+    ) -> BoxFuture<'static, HandlerResult>;
+}
+
+impl<H: Handler> DynHandler for H {
+    fn call(
+        self: Arc<Self>,
+        ctx: HandlerContext,
+        action: Action,
+    ) -> BoxFuture<'static, HandlerResult> {
+        Box::pin(async move { self.handle(ctx, action).await })
+    }
 }
 
 /// Answers every action with the action itself, its bytes as they arrived:
@@ -92,7 +132,6 @@ pub trait Handler: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EchoHandler;
 
-#[async_trait]
 impl Handler for EchoHandler {
     async fn handle(&self, _ctx: HandlerContext, action: Action) -> HandlerResult {
         Ok(Reply::from(action))
@@ -101,7 +140,6 @@ impl Handler for EchoHandler {
 
 struct HandlerFn<F>(F);
 
-#[async_trait]
 impl<F, Fut, T> Handler for HandlerFn<F>
 where
     F: Fn(HandlerContext, Action) -> Fut + Send + Sync + 'static,

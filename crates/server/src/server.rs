@@ -14,7 +14,7 @@ use crate::auth::{Authenticator, VerifyClient};
 use crate::config::{ConfigError, ServerConfig};
 use crate::engine::{Engine, MemoryEngine};
 use crate::handle::ServerHandle;
-use crate::handler::Handler;
+use crate::handler::{DynHandler, Handler};
 use crate::http;
 use crate::hub::{Hub, HubParts};
 use crate::presence::{PresenceHooks, PresencePolicy, SeeEveryone};
@@ -52,7 +52,7 @@ pub struct ServerBuilder {
     config: ServerConfig,
     node: Option<String>,
     engine: Option<Arc<dyn Engine>>,
-    handler: Option<Arc<dyn Handler>>,
+    handler: Option<Arc<dyn DynHandler>>,
     auth: Option<Arc<dyn Authenticator>>,
     verify: Option<Arc<dyn VerifyClient>>,
     presence_policy: Option<Arc<dyn PresencePolicy>>,

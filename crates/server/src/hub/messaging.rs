@@ -258,9 +258,9 @@ impl Hub {
             client.shared_info().clone(),
             id,
         );
-        let action = action.to_owned();
-        // The handler's future borrows the handler; this one owns it.
-        let call = Box::pin(async move { handler.handle(ctx, action).await });
-        Answer::Call(HandlerCall::new(ticket, call))
+        Answer::Call(HandlerCall::new(
+            ticket,
+            handler.call(ctx, action.to_owned()),
+        ))
     }
 }

@@ -24,7 +24,7 @@ use crate::auth::{Authenticator, VerifyClient};
 use crate::config::ServerConfig;
 use crate::connection::Frame;
 use crate::engine::Engine;
-use crate::handler::Handler;
+use crate::handler::DynHandler;
 use crate::presence::{PresenceHooks, PresencePolicy};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::topics::TopicPolicy;
@@ -39,7 +39,7 @@ pub(crate) struct Hub {
     pub(crate) config: ServerConfig,
     pub(crate) node: String,
     pub(crate) engine: Arc<dyn Engine>,
-    pub(crate) handler: Option<Arc<dyn Handler>>,
+    pub(crate) handler: Option<Arc<dyn DynHandler>>,
     pub(crate) auth: Arc<dyn Authenticator>,
     pub(crate) verify: Option<Arc<dyn VerifyClient>>,
     pub(crate) presence_policy: Arc<dyn PresencePolicy>,
@@ -85,7 +85,7 @@ pub(crate) struct HubParts {
     pub(crate) config: ServerConfig,
     pub(crate) node: String,
     pub(crate) engine: Arc<dyn Engine>,
-    pub(crate) handler: Option<Arc<dyn Handler>>,
+    pub(crate) handler: Option<Arc<dyn DynHandler>>,
     pub(crate) auth: Arc<dyn Authenticator>,
     pub(crate) verify: Option<Arc<dyn VerifyClient>>,
     pub(crate) presence_policy: Arc<dyn PresencePolicy>,
