@@ -325,7 +325,8 @@ impl UserWindow {
         Some(Frame::raw(Bytes::from([a, b].concat())))
     }
 
-    fn remember(&mut self, began: Instant, hash: u64, id: &MessageId, frame: &Frame) {
+    /// `began`: when the request began, in [`UserWindow::nanos_since_created`].
+    fn remember(&mut self, began: u64, hash: u64, id: &MessageId, frame: &Frame) {
         let header = Header {
             // Ids are at most MAX_ID_BYTES (128) and frames at most the
             // message limit, far below these bounds.
@@ -334,7 +335,7 @@ impl UserWindow {
         };
         let entry = Entry {
             hash,
-            at: self.nanos_since_created(began),
+            at: began,
             len: header.record_len() as u32,
             released: false,
         };
@@ -448,7 +449,11 @@ impl UserWindow {
 
     /// Forgets outcomes older than the window; returns the bytes freed.
     fn expire(&mut self, now: Instant, window: Duration) -> usize {
-        let now = self.nanos_since_created(now);
+        self.expire_at(self.nanos_since_created(now), window)
+    }
+
+    /// [`UserWindow::expire`] with the time already counted from `created`.
+    fn expire_at(&mut self, now: u64, window: Duration) -> usize {
         let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
         let mut freed = 0;
         while self
@@ -602,7 +607,10 @@ impl RetryWindow {
         let now = Instant::now();
         let hash = self.0.hasher.hash(id);
         let mut w = self.lock_user(slot, user);
-        let mut freed = w.expire(now, self.0.window);
+        // The clock is read, and counted from the window's creation, once
+        // per request: for expiring here and for the outcome's time.
+        let began = w.nanos_since_created(now);
+        let mut freed = w.expire_at(began, self.0.window);
         for id in released {
             freed += w.release(self.0.hasher.hash_str(id), id);
         }
@@ -630,7 +638,7 @@ impl RetryWindow {
             user_window: Locked::mutex(&w).clone(),
             id: id.clone(),
             hash,
-            began: now,
+            began,
             // Counted when the request settles, in the one update it makes.
             freed,
             settled: false,
@@ -747,7 +755,9 @@ pub(crate) struct Ticket {
     user_window: Shared,
     id: MessageId,
     hash: u64,
-    began: Instant,
+    /// When the request began: nanoseconds since its user's window was
+    /// created (the ticket settles into that same window).
+    began: u64,
     /// Bytes `begin` freed, not yet taken off the node's total.
     freed: usize,
     settled: bool,
