@@ -3,7 +3,7 @@
 //! incomplete frame is kept by the connection's parser.
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, Read as _};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -46,8 +46,11 @@ pub(crate) fn read(
         // A short read means the kernel had nothing more: report WouldBlock to
         // try_io so tokio clears the readiness now, instead of costing a second
         // read system call that would only say so.
+        // Read through a plain socket reference inside tokio's `try_io`:
+        // `try_read` would run a second `try_io` of its own inside this one.
+        let plain = socket2::SockRef::from(socket);
         let result = socket.try_io(Interest::READABLE, || {
-            let n = socket.try_read(&mut scratch)?;
+            let n = (&*plain).read(&mut scratch)?;
             got = n;
             if n > 0 && n < scratch.len() {
                 Err(io::ErrorKind::WouldBlock.into())
