@@ -7,7 +7,8 @@
 //! - wire.rs: RFC 6455 framing. reader.rs: reads through a per-thread buffer.
 //! - outbox.rs: a connection's own answers written directly, and the bounded
 //!   queue for deliveries and for what the socket did not take.
-//!   flusher.rs: write-behind for every delivery.
+//!   flusher.rs: write-behind for every delivery. signal.rs: how an outbox
+//!   wakes its connection's task.
 //! - handle.rs: what engines hold. budget.rs: token buckets.
 
 #[cfg(test)]
@@ -18,6 +19,7 @@ mod handle;
 mod outbox;
 mod reader;
 mod session;
+mod signal;
 mod wire;
 
 use std::borrow::Cow;

@@ -21,8 +21,8 @@ use pubsub_protocol::close;
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
+use super::signal::Signal;
 use super::wire;
 
 /// A complete WebSocket frame (header and payload), shared by every recipient
@@ -166,7 +166,7 @@ pub(crate) struct Outbox {
     socket: Arc<TcpStream>,
     queue: Mutex<Queue>,
     /// Tells the connection task there is something to write or a kick.
-    wake: Notify,
+    wake: Signal,
     max_bytes: usize,
 }
 
@@ -211,7 +211,7 @@ impl Outbox {
                 held: true,
                 ..Queue::default()
             }),
-            wake: Notify::new(),
+            wake: Signal::default(),
             max_bytes,
         }
     }
@@ -231,7 +231,7 @@ impl Outbox {
                 Err(_) => {
                     q.kicked = Some(Kick::broken());
                     drop(q);
-                    self.wake.notify_one();
+                    self.wake.raise();
                     return false;
                 }
             };
@@ -242,12 +242,12 @@ impl Outbox {
             q.bytes = frame.len() - written;
             q.frames.push_back(frame);
             drop(q);
-            self.wake.notify_one();
+            self.wake.raise();
             return true;
         }
         if !q.enqueue(frame, self.max_bytes) {
             drop(q);
-            self.wake.notify_one();
+            self.wake.raise();
             return false;
         }
         if q.corked && q.bytes >= EAGER_WRITE_BYTES {
@@ -271,7 +271,7 @@ impl Outbox {
         let first = q.frames.is_empty() && !q.held && !q.corked;
         if !q.enqueue(frame, self.max_bytes) {
             drop(q);
-            self.wake.notify_one();
+            self.wake.raise();
             return None;
         }
         if !q.held && q.bytes >= EAGER_WRITE_BYTES {
@@ -286,7 +286,7 @@ impl Outbox {
     /// task takes over.
     pub(crate) fn write_queued(&self) {
         if !matches!(self.write_some(false), Ok(true)) {
-            self.wake.notify_one();
+            self.wake.raise();
         }
     }
 
@@ -306,7 +306,7 @@ impl Outbox {
         q.frames.push_front(first);
         q.held = false;
         drop(q);
-        self.wake.notify_one();
+        self.wake.raise();
     }
 
     /// Frames waiting to be written.
@@ -319,7 +319,7 @@ impl Outbox {
     #[cfg(test)]
     pub(crate) fn release(&self) {
         self.queue.lock().held = false;
-        self.wake.notify_one();
+        self.wake.raise();
     }
 
     /// Asks the connection to close with `kick` (after what is queued,
@@ -330,7 +330,7 @@ impl Outbox {
             q.kicked = Some(kick);
         }
         drop(q);
-        self.wake.notify_one();
+        self.wake.raise();
     }
 
     pub(crate) fn kicked(&self) -> Option<Kick> {
@@ -339,14 +339,12 @@ impl Outbox {
 
     /// Resolves when there is something for the connection task to do.
     pub(crate) async fn wait(&self) {
-        self.woken().await;
+        self.wake.raised().await;
     }
 
-    /// The same signal as [`Outbox::wait`] as a future the caller can keep
-    /// pinned across turns of its loop (re-arming it only once it fired),
-    /// instead of registering and unregistering a waiter every turn.
-    pub(crate) fn woken(&self) -> tokio::sync::futures::Notified<'_> {
-        self.wake.notified()
+    /// [`Outbox::wait`] for a loop that polls it itself.
+    pub(crate) fn poll_wait(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.wake.poll_raised(cx)
     }
 
     /// Writes what is queued until the queue is empty. Returns the kick if

@@ -81,6 +81,11 @@ pub(super) async fn run(
     let mut next_ping = last_inbound + interval;
     let heartbeat = sleep_until(next_ping);
     tokio::pin!(heartbeat);
+    // Whether the heartbeat timer has been polled since it was last set,
+    // which registered this task's waker with it (a task's waker does not
+    // change): until the timer fires, polling it again on every turn (two a
+    // request) only costs its checks. `is_elapsed` is one atomic load.
+    let mut heartbeat_armed = false;
 
     // Waiting on the shared shutdown token: registered once per connection,
     // by polling it here. The registration holds this task's waker (a task's
@@ -97,8 +102,6 @@ pub(super) async fn run(
     })
     .await;
     let mut drain_deadline: Option<Pin<Box<Sleep>>> = None;
-    let woken = outbox.woken();
-    tokio::pin!(woken);
 
     // Frames the client sent right behind its handshake: answered on the
     // loop's first turn.
@@ -143,8 +146,7 @@ pub(super) async fn run(
         let can_read = !draining && in_flight.len() < config.max_in_flight_per_connection;
         tokio::select! {
             biased;
-            () = &mut woken => {
-                woken.set(outbox.woken());
+            () = std::future::poll_fn(|cx| outbox.poll_wait(cx)) => {
                 if let Err(end) = Box::pin(write_out(outbox, config.write_timeout())).await {
                     return end;
                 }
@@ -176,7 +178,14 @@ pub(super) async fn run(
                     Err(ReadError::Wire(e)) => return End::from_wire(e),
                 }
             }
-            () = &mut heartbeat => {
+            () = std::future::poll_fn(|cx| {
+                if heartbeat_armed && !heartbeat.is_elapsed() {
+                    return Poll::Pending;
+                }
+                let fired = heartbeat.as_mut().poll(cx);
+                heartbeat_armed = fired.is_pending();
+                fired
+            }) => {
                 let now = Instant::now();
                 if now.duration_since(last_inbound) >= silence_limit {
                     return End::close(close::HEARTBEAT_TIMEOUT, "nothing received within the heartbeat bound", false);
@@ -187,6 +196,7 @@ pub(super) async fn run(
                     next_ping = now + interval;
                 }
                 heartbeat.as_mut().reset(next_ping.min(last_inbound + silence_limit));
+                heartbeat_armed = false;
             }
             () = async {
                 match drain_deadline.as_mut() {
