@@ -120,6 +120,9 @@ struct Entry {
     at: u64,
     /// The record's length in the ring.
     len: u32,
+    /// The id's length (in the record's header too): a lookup compares it
+    /// before it reads the record, and reads no header at all.
+    id_len: u16,
     /// Its client reported the ack received (`received`): no longer
     /// replayed, and its record goes as soon as the ones before it have.
     released: bool,
@@ -281,6 +284,16 @@ impl UserWindow {
         })
     }
 
+    /// Whether the record at `pos`, whose entry is `e`, holds `id`.
+    fn entry_holds(&self, pos: u64, e: &Entry, id: &str) -> bool {
+        usize::from(e.id_len) == id.len()
+            && self.stored(pos, HEADER, id.len()).is_some_and(|(a, b)| {
+                id.as_bytes()
+                    .split_at_checked(a.len())
+                    .is_some_and(|(x, y)| a == x && b == y)
+            })
+    }
+
     /// The outcome remembered for `id`, as its record's position.
     fn find(&mut self, hash: u64, id: &str) -> Option<u64> {
         if !self.ids.may_contain(hash) {
@@ -292,7 +305,7 @@ impl UserWindow {
                 .map(|&(_, pos)| pos),
             None => self
                 .records()
-                .find(|&(pos, e)| e.hash == hash && !e.released && self.holds(pos, id))
+                .find(|&(pos, e)| e.hash == hash && !e.released && self.entry_holds(pos, &e, id))
                 .map(|(pos, _)| pos),
         }?;
         // A replay: a client that reconnected resends all it had in flight,
@@ -337,6 +350,7 @@ impl UserWindow {
             hash,
             at: began,
             len: header.record_len() as u32,
+            id_len: header.id_len,
             released: false,
         };
         self.make_room(header.record_len());
@@ -424,7 +438,7 @@ impl UserWindow {
         let mut found = None;
         for (at, e) in self.entries.iter().enumerate().rev() {
             pos -= u64::from(e.len);
-            if e.hash == hash && !e.released && self.holds(pos, id) {
+            if e.hash == hash && !e.released && self.entry_holds(pos, e, id) {
                 found = Some((at, pos));
                 break;
             }
