@@ -31,6 +31,8 @@
 //!   hashes first ([`id_filter`]: one cache line), and only when it says
 //!   "maybe" (a retry, or fewer than one new id in a thousand) are the
 //!   user's entries walked, and a record read only where a hash matches.
+//!   A window of a few outcomes (a client that reports its acks keeps one
+//!   or two) has no filter: its entries' hashes are compared directly.
 //!   The filter is rebuilt from the entries as it fills, not from the ring,
 //!   which would read all of it once per turnover.
 //! - a hash index from id to record, which did this for every request
@@ -70,6 +72,12 @@ use id_filter::IdFilter;
 /// spare capacity of both), counted against the byte budgets so they are
 /// close to what outcomes really cost.
 const ENTRY_OVERHEAD: usize = 64;
+
+/// Up to this many remembered outcomes a lookup compares their hashes
+/// directly, without the id filter: a client that reports its acks keeps
+/// one or two, and walking those costs a few compares where asking the
+/// filter (and adding to it) costs some eighty instructions a time.
+const FILTER_FROM: usize = 8;
 
 /// Each remembered outcome is one record in its user's ring: this header,
 /// then the id's bytes, then the frame's. Little-endian fields: the frame's
@@ -174,6 +182,9 @@ struct UserWindow {
     /// The hashes of the remembered outcomes' ids (and of some forgotten
     /// ones, until it is next rebuilt).
     ids: IdFilter,
+    /// Whether `ids` is in use: only once the window holds more than
+    /// [`FILTER_FROM`] outcomes, and until it holds none.
+    filtered: bool,
     /// Set when the window left the node's map (it was empty): a holder of
     /// the old slot must look the user up again.
     detached: bool,
@@ -224,6 +235,7 @@ impl UserWindow {
             index: None,
             remembered_since_replay: 0,
             ids: IdFilter::new(),
+            filtered: false,
             detached: false,
         }
     }
@@ -296,7 +308,7 @@ impl UserWindow {
 
     /// The outcome remembered for `id`, as its record's position.
     fn find(&mut self, hash: u64, id: &str) -> Option<u64> {
-        if !self.ids.may_contain(hash) {
+        if !self.may_hold(hash) {
             return None;
         }
         let pos = match &self.index {
@@ -319,6 +331,12 @@ impl UserWindow {
         }
         self.remembered_since_replay = 0;
         Some(pos)
+    }
+
+    /// Whether an outcome with this id hash may be remembered (false:
+    /// certainly not). Without the filter, the entries' walk decides.
+    fn may_hold(&self, hash: u64) -> bool {
+        !self.filtered || self.ids.may_contain(hash)
     }
 
     /// Empties the id filter and puts back the ids still remembered, sized
@@ -354,7 +372,7 @@ impl UserWindow {
             released: false,
         };
         self.make_room(header.record_len());
-        if self.ids.is_full() {
+        if self.filtered && self.ids.is_full() {
             self.rebuild_ids(self.count() + 1);
         }
         let pos = self.buffer_start + self.buffer.len() as u64;
@@ -362,7 +380,12 @@ impl UserWindow {
         self.buffer.extend(id.as_str().as_bytes());
         self.buffer.extend(frame.bytes());
         self.entries.push_back(entry);
-        self.ids.add(hash);
+        if self.filtered {
+            self.ids.add(hash);
+        } else if self.entries.len() > FILTER_FROM {
+            self.filtered = true;
+            self.rebuild_ids(self.count());
+        }
         if let Some(index) = &mut self.index {
             self.remembered_since_replay += 1;
             if self.remembered_since_replay > self.entries.len() {
@@ -418,6 +441,7 @@ impl UserWindow {
             // capacity an earlier burst left.
             self.buffer_start += (self.buffer.len() - len) as u64;
             self.entries.clear();
+            self.filtered = false;
             self.buffer.clear();
         } else {
             self.buffer.drain(..len);
@@ -430,7 +454,7 @@ impl UserWindow {
     /// so one in the middle is marked and goes when the ones before it
     /// have; at one request in flight it is the only one.
     fn release(&mut self, hash: u64, id: &str) -> usize {
-        if !self.ids.may_contain(hash) {
+        if !self.may_hold(hash) {
             return 0;
         }
         // Newest first: a client reports the acks it has just received.
@@ -489,7 +513,11 @@ impl UserWindow {
         if self.buffer.capacity() > 4 * self.buffer.len().max(1024) {
             self.buffer.shrink_to(2 * self.buffer.len());
             self.entries.shrink_to(2 * self.entries.len());
-            self.rebuild_ids(self.count());
+            if self.filtered {
+                self.rebuild_ids(self.count());
+            } else {
+                self.ids = IdFilter::new();
+            }
             if let Some(index) = &mut self.index {
                 index.shrink_to_fit(|&(h, _)| h);
             }
@@ -1116,6 +1144,45 @@ mod tests {
         w.release(&mut UserSlot::default(), &u, ["m1"].into_iter());
         assert_eq!(w.bytes(), 0);
         assert!(matches!(begin(&w, &u, &m), Begin::New(_)));
+    }
+
+    #[tokio::test]
+    async fn outcomes_are_found_with_and_without_the_id_filter() {
+        // A window starts without its id filter, takes it past
+        // FILTER_FROM outcomes, and drops it when it is emptied; every
+        // outcome it holds is replayed all along, none it let go is.
+        let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
+        let u = UserId::new("u").unwrap();
+        let mut slot = UserSlot::default();
+        let replays = |w: &RetryWindow, m: &str| {
+            let id = MessageId::new(m).unwrap();
+            matches!(begin(w, &u, &id), Begin::Replay(f) if f.as_str() == m)
+        };
+        for round in 0..3 {
+            let names: Vec<String> = (0..3 * FILTER_FROM)
+                .map(|i| format!("r{round}-{i}"))
+                .collect();
+            for (i, m) in names.iter().enumerate() {
+                settle_new(
+                    &w,
+                    &u,
+                    &MessageId::new(m).unwrap(),
+                    &Frame::from(m.clone()),
+                    true,
+                );
+                assert!(
+                    names[..=i].iter().all(|m| replays(&w, m)),
+                    "round {round}, {i} held"
+                );
+                assert!(!replays(&w, &format!("r{round}-never")));
+            }
+            w.release(&mut slot, &u, names.iter().map(String::as_str));
+            assert_eq!(w.bytes(), 0, "round {round}: all released");
+            assert!(
+                names.iter().all(|m| !replays(&w, m)),
+                "round {round}: none replayed"
+            );
+        }
     }
 
     #[tokio::test]
