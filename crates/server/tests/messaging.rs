@@ -635,3 +635,71 @@ async fn requests_sent_in_the_same_write_as_the_handshake_are_answered() {
     assert_eq!(answers["b1"]["kind"], "ack", "{}", answers["b1"]);
     assert_eq!(recv(&mut tab_inbox).await.action["type"], "HI");
 }
+
+#[tokio::test]
+async fn frames_in_one_read_are_answered_in_order_whether_or_not_they_wait() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let server = TestServer::start(|b| b.handler(EchoHandler)).await;
+    let tab = server.client("A").await;
+    let mut tab_inbox = inbox(&tab, "HI");
+    let mut socket = tokio::net::TcpStream::connect(server.running.local_addr())
+        .await
+        .unwrap();
+    socket
+        .write_all(
+            b"GET /ws?userId=A HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            Sec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(
+            tokio::time::timeout(WAIT, socket.read_u8())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        tokio_tungstenite::MaybeTlsStream::Plain(socket),
+        Role::Client,
+        None,
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["kind"], "welcome");
+    // Frames answered where they are read (sendToServer), one that waits on
+    // the engine (broadcast) between them, and one whose `kind` is not its
+    // first member: all in one write, so that the server reads them at once.
+    let frames = [
+        r#"{"kind":"sendToServer","id":"s1","action":{"type":"E","n":1}}"#,
+        r#"{"kind":"sendToServer","id":"s2","action":{"type":"E","n":2}}"#,
+        r#"{"kind":"broadcast","id":"b1","action":{"type":"HI"}}"#,
+        r#"{"kind":"sendToServer","id":"s3","action":{"type":"E","n":3}}"#,
+        r#"{"id":"s4","kind":"sendToServer","action":{"type":"E","n":4}}"#,
+        r#"{"kind":"sendToServer","id":"s5","action":{"type":"E","n":5}}"#,
+    ];
+    let bytes: Vec<u8> = frames.iter().flat_map(|f| masked_text(f)).collect();
+    let mut ws_socket = ws.into_inner();
+    let tokio_tungstenite::MaybeTlsStream::Plain(raw) = &mut ws_socket else {
+        panic!("a plain socket")
+    };
+    raw.write_all(&bytes).await.unwrap();
+    let mut ws =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(ws_socket, Role::Client, None).await;
+    let mut order = Vec::new();
+    for _ in 0..frames.len() {
+        let frame = next_json(&mut ws).await;
+        assert_eq!(frame["kind"], "ack", "{frame}");
+        order.push(frame["id"].as_str().unwrap().to_owned());
+        if let Some(n) = frame["result"].get("n") {
+            assert_eq!(frame["id"], format!("s{n}"), "{frame}");
+        }
+    }
+    assert_eq!(order, ["s1", "s2", "b1", "s3", "s4", "s5"]);
+    assert_eq!(recv(&mut tab_inbox).await.action["type"], "HI");
+}

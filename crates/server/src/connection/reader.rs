@@ -1,6 +1,7 @@
 //! Reading from a connection's socket without a per-connection read buffer:
-//! bytes land in a per-thread scratch buffer and are parsed at once; only an
-//! incomplete frame is kept by the connection's parser.
+//! bytes land in a per-thread scratch buffer and are parsed at once, each
+//! message handed on borrowed from there; only an incomplete frame is kept
+//! by the connection's parser.
 
 use std::cell::RefCell;
 use std::io::{self, Read as _};
@@ -8,7 +9,7 @@ use std::io::{self, Read as _};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::wire::{Incoming, Parser, WireError};
+use super::wire::{Incoming, Message, Parser, WireError};
 
 /// Bytes read per system call at most.
 const SCRATCH_BYTES: usize = 64 * 1024;
@@ -32,27 +33,52 @@ pub(crate) enum ReadError {
     Wire(WireError),
 }
 
-/// Reads what the socket has (one system call) and parses it into `out`.
-/// Call after `readable()` resolved.
+/// Reads what the socket has (one system call) and parses it into `out`,
+/// as owned messages. Call after `readable()` resolved.
 pub(crate) fn read(
     socket: &TcpStream,
     parser: &mut Parser,
     max_message: usize,
     out: &mut Vec<Incoming>,
 ) -> Result<Read, ReadError> {
+    read_in_place(socket, parser, max_message, |message, _| {
+        out.push(message.to_incoming());
+    })
+}
+
+/// Reads what the socket has (one system call) and hands each message to
+/// `on_message` borrowed from the read buffer, with whether more bytes
+/// follow it in this read. Call after the socket was found readable.
+pub(crate) fn read_in_place(
+    socket: &TcpStream,
+    parser: &mut Parser,
+    max_message: usize,
+    mut on_message: impl FnMut(Message<'_>, bool),
+) -> Result<Read, ReadError> {
     SCRATCH.with(|scratch| {
-        let mut scratch = scratch.borrow_mut();
+        // `on_message` runs while the buffer is lent out; should anything
+        // it calls read a socket on this thread, that read gets a buffer
+        // of its own rather than a borrow panic.
+        let mut own = Vec::new();
+        let mut lent = scratch.try_borrow_mut();
+        let buffer: &mut [u8] = match &mut lent {
+            Ok(scratch) => scratch,
+            Err(_) => {
+                own.resize(SCRATCH_BYTES, 0);
+                &mut own
+            }
+        };
         let mut got = 0usize;
         // A short read means the kernel had nothing more: report WouldBlock to
         // try_io so tokio clears the readiness now, instead of costing a second
-        // read system call that would only say so.
-        // Read through a plain socket reference inside tokio's `try_io`:
-        // `try_read` would run a second `try_io` of its own inside this one.
+        // read system call that would only say so. Read through a plain
+        // socket reference: `try_read` would run a second `try_io` of its
+        // own inside this one.
         let plain = socket2::SockRef::from(socket);
         let result = socket.try_io(Interest::READABLE, || {
-            let n = (&*plain).read(&mut scratch)?;
+            let n = (&*plain).read(buffer)?;
             got = n;
-            if n > 0 && n < scratch.len() {
+            if n > 0 && n < buffer.len() {
                 Err(io::ErrorKind::WouldBlock.into())
             } else {
                 Ok(())
@@ -69,7 +95,7 @@ pub(crate) fn read(
             Err(e) => return Err(ReadError::Io(e)),
         }
         parser
-            .feed(&scratch[..got], max_message, out)
+            .feed_in_place(&mut buffer[..got], max_message, &mut on_message)
             .map_err(ReadError::Wire)?;
         Ok(Read::Data)
     })

@@ -18,8 +18,9 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
 
 use super::budget::{TokenBucket, allow};
-use super::reader::{Read, ReadError, read};
-use super::wire::{Incoming, Parser, WireError, encode_pong as ws_pong};
+use super::outbox::Corked;
+use super::reader::{Read, ReadError, read_in_place};
+use super::wire::{Message, Parser, WireError, encode_pong as ws_pong};
 use super::{ClientHandle, End, Frame, Outbox};
 use crate::hub::{Answer, Caller, Hub};
 
@@ -111,10 +112,13 @@ pub(super) async fn run(
         return End::from_wire(e);
     }
 
+    // Several frames in one read are answered in one write: the outbox is
+    // corked from the first frame that has more bytes behind it until they
+    // have all been answered.
+    let mut corked: Option<Corked<'_>> = None;
     loop {
         if !incoming.is_empty() {
-            // Several frames in one read: answer them in one write.
-            let _corked = (incoming.len() > 1).then(|| outbox.cork());
+            let _corked = (incoming.len() > 1 && corked.is_none()).then(|| outbox.cork());
             // Borrowed, not drained: a frame waited on below stays where
             // it is instead of in this task's state, which every
             // connection carries.
@@ -125,7 +129,7 @@ pub(super) async fn run(
                     &mut caller,
                     &mut limits,
                     &mut in_flight,
-                    message,
+                    message.as_message(),
                 ) {
                     Ok(None) => continue,
                     Ok(Some(end)) => return end,
@@ -142,6 +146,7 @@ pub(super) async fn run(
             }
             incoming.clear();
         }
+        corked = None;
         let draining = drain_deadline.is_some();
         let can_read = !draining && in_flight.len() < config.max_in_flight_per_connection;
         tokio::select! {
@@ -167,7 +172,34 @@ pub(super) async fn run(
                 if ready.is_err() {
                     return End::Failed;
                 }
-                match read(socket, &mut parser, config.max_message_bytes, &mut incoming) {
+                // Frames are handled where they were read, in the thread's
+                // read buffer, until one has to wait (on the engine or on
+                // presence): that one and those behind it are copied to
+                // `incoming` and handled, in order, at the top of the loop.
+                let mut end = None;
+                let read = read_in_place(socket, &mut parser, config.max_message_bytes, |message, more| {
+                    if more && corked.is_none() {
+                        corked = Some(outbox.cork());
+                    }
+                    if end.is_some() {
+                        return;
+                    }
+                    if !incoming.is_empty() || !answered_at_once(&message) {
+                        incoming.push(message.to_incoming());
+                        return;
+                    }
+                    match on_message(hub, handle, &mut caller, &mut limits, &mut in_flight, message) {
+                        Ok(None) => {}
+                        Ok(Some(ended)) => end = Some(ended),
+                        // Not reached (see `answered_at_once`); were it, the
+                        // frame would be handled again from a copy.
+                        Err(_) => incoming.push(message.to_incoming()),
+                    }
+                });
+                if let Some(end) = end {
+                    return end;
+                }
+                match read {
                     Ok(Read::Data) => last_inbound = Instant::now(),
                     Ok(Read::Nothing) => continue,
                     Ok(Read::Eof) => return End::Failed,
@@ -256,12 +288,12 @@ fn on_message<'m>(
     caller: &mut Caller,
     limits: &mut Limits,
     in_flight: &mut InFlight,
-    message: &'m Incoming,
+    message: Message<'m>,
 ) -> Result<Option<End>, Deferred<'m>> {
     let outbox = handle.outbox();
     let text = match message {
-        Incoming::Text(text) => text,
-        Incoming::Binary(_) => {
+        Message::Text(text) => text,
+        Message::Binary(_) => {
             return Ok(on_invalid(
                 hub,
                 outbox,
@@ -271,12 +303,12 @@ fn on_message<'m>(
                 "binary frames are not part of pubsub.v1.json",
             ));
         }
-        Incoming::Ping(payload) => {
+        Message::Ping(payload) => {
             outbox.push(Frame::raw(ws_pong(payload)));
             return Ok(None);
         }
-        Incoming::Pong => return Ok(None),
-        Incoming::Close(code) => return Ok(Some(End::ClientClosed(*code))),
+        Message::Pong => return Ok(None),
+        Message::Close(code) => return Ok(Some(End::ClientClosed(code))),
     };
     let frame = match decode_client_frame(text, &hub.decode_limits) {
         Ok(frame) => frame,
@@ -321,6 +353,18 @@ fn on_message<'m>(
         }
     }
     Ok(None)
+}
+
+/// Whether [`on_message`] answers a message without waiting, judged before
+/// it is decoded, so that one which waits is never decoded twice (in the
+/// read buffer, then again from its copy): every frame but a text frame,
+/// and `sendToServer` as the clients write it, `kind` first. Any other
+/// frame is copied and handled at the top of the session's loop.
+fn answered_at_once(message: &Message<'_>) -> bool {
+    match message {
+        Message::Text(text) => text.starts_with(r#"{"kind":"sendToServer","#),
+        _ => true,
+    }
 }
 
 /// The rest of a frame [`on_message`] could not finish.

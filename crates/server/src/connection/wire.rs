@@ -34,6 +34,42 @@ pub(crate) enum Incoming {
     Close(Option<u16>),
 }
 
+/// A complete message or control frame, borrowed from the bytes it was
+/// read from: what the connection answers at once needs no copy of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Message<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+    Ping(&'a [u8]),
+    Pong,
+    Close(Option<u16>),
+}
+
+impl Message<'_> {
+    /// A copy to keep past the bytes it was read from.
+    pub(crate) fn to_incoming(self) -> Incoming {
+        match self {
+            Message::Text(text) => Incoming::Text(text.to_owned()),
+            Message::Binary(data) => Incoming::Binary(data.to_vec()),
+            Message::Ping(payload) => Incoming::Ping(payload.to_vec()),
+            Message::Pong => Incoming::Pong,
+            Message::Close(code) => Incoming::Close(code),
+        }
+    }
+}
+
+impl Incoming {
+    pub(crate) fn as_message(&self) -> Message<'_> {
+        match self {
+            Incoming::Text(text) => Message::Text(text),
+            Incoming::Binary(data) => Message::Binary(data),
+            Incoming::Ping(payload) => Message::Ping(payload),
+            Incoming::Pong => Message::Pong,
+            Incoming::Close(code) => Message::Close(*code),
+        }
+    }
+}
+
 /// Why the client's bytes cannot be read further; each maps to a close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum WireError {
@@ -109,20 +145,37 @@ pub(crate) struct Parser {
 }
 
 impl Parser {
-    /// Parses `data` (appended to anything kept from before) into `out`.
+    /// Parses `data` (appended to anything kept from before) into `out`, as
+    /// owned messages.
     pub(crate) fn feed(
         &mut self,
         data: &[u8],
         max_message: usize,
         out: &mut Vec<Incoming>,
     ) -> Result<(), WireError> {
+        let mut data = data.to_vec();
+        self.feed_in_place(&mut data, max_message, &mut |message, _| {
+            out.push(message.to_incoming());
+        })
+    }
+
+    /// Parses `data` (appended to anything kept from before), unmasking
+    /// each complete frame where it lies, and hands each message to
+    /// `on_message` borrowed from there, with whether more bytes follow it
+    /// in this read. Keeps only an incomplete frame (still masked).
+    pub(crate) fn feed_in_place(
+        &mut self,
+        data: &mut [u8],
+        max_message: usize,
+        on_message: &mut impl FnMut(Message<'_>, bool),
+    ) -> Result<(), WireError> {
         if self.partial.is_empty() {
-            let used = self.parse(data, max_message, out)?;
+            let used = self.parse(data, max_message, on_message)?;
             self.partial.extend_from_slice(&data[used..]);
         } else {
             let mut buffered = std::mem::take(&mut self.partial);
             buffered.extend_from_slice(data);
-            let used = self.parse(&buffered, max_message, out)?;
+            let used = self.parse(&mut buffered, max_message, on_message)?;
             buffered.drain(..used);
             self.partial = buffered;
         }
@@ -136,15 +189,17 @@ impl Parser {
     /// Parses complete frames from `buf`; returns how many bytes were used.
     fn parse(
         &mut self,
-        buf: &[u8],
+        buf: &mut [u8],
         max_message: usize,
-        out: &mut Vec<Incoming>,
+        on_message: &mut impl FnMut(Message<'_>, bool),
     ) -> Result<usize, WireError> {
+        let total = buf.len();
         let mut at = 0;
         while let Some((header, len)) = header(&buf[at..], max_message)? {
-            let Some(masked) = buf.get(at + header..at + header + len) else {
+            let end = at + header + len;
+            if end > total {
                 break;
-            };
+            }
             let b0 = buf[at];
             let key = [
                 buf[at + header - 4],
@@ -152,10 +207,17 @@ impl Parser {
                 buf[at + header - 2],
                 buf[at + header - 1],
             ];
-            let mut body = masked.to_vec();
-            unmask(&mut body, key);
-            at += header + len;
-            self.frame(b0 & 0x80 != 0, b0 & 0x0f, body, max_message, out)?;
+            let body = &mut buf[at + header..end];
+            unmask(body, key);
+            at = end;
+            self.frame(
+                b0 & 0x80 != 0,
+                b0 & 0x0f,
+                body,
+                max_message,
+                at < total,
+                on_message,
+            )?;
         }
         Ok(at)
     }
@@ -164,9 +226,10 @@ impl Parser {
         &mut self,
         fin: bool,
         opcode: u8,
-        body: Vec<u8>,
+        body: &[u8],
         max_message: usize,
-        out: &mut Vec<Incoming>,
+        more: bool,
+        on_message: &mut impl FnMut(Message<'_>, bool),
     ) -> Result<(), WireError> {
         match opcode {
             OP_TEXT | OP_BINARY => {
@@ -176,9 +239,9 @@ impl Parser {
                     ));
                 }
                 if fin {
-                    out.push(message(opcode, body)?);
+                    on_message(message(opcode, body)?, more);
                 } else {
-                    self.fragments = Some((opcode, body));
+                    self.fragments = Some((opcode, body.to_vec()));
                 }
             }
             OP_CONTINUATION => {
@@ -188,27 +251,27 @@ impl Parser {
                 if so_far.len() + body.len() > max_message {
                     return Err(WireError::TooBig);
                 }
-                so_far.extend_from_slice(&body);
+                so_far.extend_from_slice(body);
                 if fin && let Some((opcode, whole)) = self.fragments.take() {
-                    out.push(message(opcode, whole)?);
+                    on_message(message(opcode, &whole)?, more);
                 }
             }
-            OP_PING => out.push(Incoming::Ping(body)),
-            OP_PONG => out.push(Incoming::Pong),
-            OP_CLOSE => out.push(Incoming::Close(close_code(&body)?)),
+            OP_PING => on_message(Message::Ping(body), more),
+            OP_PONG => on_message(Message::Pong, more),
+            OP_CLOSE => on_message(Message::Close(close_code(body)?), more),
             _ => return Err(WireError::Protocol("unknown opcode")),
         }
         Ok(())
     }
 }
 
-fn message(opcode: u8, body: Vec<u8>) -> Result<Incoming, WireError> {
+fn message(opcode: u8, body: &[u8]) -> Result<Message<'_>, WireError> {
     if opcode == OP_TEXT {
-        String::from_utf8(body)
-            .map(Incoming::Text)
+        std::str::from_utf8(body)
+            .map(Message::Text)
             .map_err(|_| WireError::InvalidUtf8)
     } else {
-        Ok(Incoming::Binary(body))
+        Ok(Message::Binary(body))
     }
 }
 
