@@ -192,7 +192,8 @@ pub(super) async fn run(
                         Ok(None) => {}
                         Ok(Some(ended)) => end = Some(ended),
                         // Not reached (see `answered_at_once`); were it, the
-                        // frame would be handled again from a copy.
+                        // frame would be handled again from a copy, its
+                        // request counted twice against the rate limit.
                         Err(_) => incoming.push(message.to_incoming()),
                     }
                 });
