@@ -81,8 +81,9 @@ impl std::fmt::Display for HandlerError {
 
 impl std::error::Error for HandlerError {}
 
-/// Handles actions sent with `sendToServer`. Implement it with an
-/// `async fn`:
+/// Handles actions sent with `sendToServer`. Implement it with a plain
+/// `async fn` (no `#[async_trait]`: the trait uses Rust's own async
+/// functions in traits, so a call boxes nothing of the handler's):
 ///
 /// ```
 /// use pubsub_server::{Handler, HandlerContext, HandlerResult, Reply};
