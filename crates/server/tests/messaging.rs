@@ -575,35 +575,23 @@ fn masked_text(payload: &str) -> Vec<u8> {
     frame
 }
 
-#[tokio::test]
-async fn requests_sent_in_the_same_write_as_the_handshake_are_answered() {
+/// Upgrades to a WebSocket by hand: the upgrade request for `user`, with
+/// `behind` in the same write, then the response head read byte by byte so
+/// that no frame is read with it. Returns the socket at the first frame.
+async fn upgrade_by_hand(server: &TestServer, user: &str, behind: &[u8]) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_tungstenite::tungstenite::protocol::Role;
 
-    let server = TestServer::start(|b| b.handler(EchoHandler)).await;
-    let tab = server.client("A").await;
-    let mut tab_inbox = inbox(&tab, "HI");
-    // The upgrade request and three requests in one write: one answered in
-    // place (sendToServer), one that waits on the engine (broadcast), and a
-    // second sendToServer behind it.
-    let mut bytes = b"GET /ws?userId=A HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
-        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-        Sec-WebSocket-Version: 13\r\n\r\n"
-        .to_vec();
-    bytes.extend(masked_text(
-        r#"{"kind":"sendToServer","id":"s1","action":{"type":"E","n":1}}"#,
-    ));
-    bytes.extend(masked_text(
-        r#"{"kind":"broadcast","id":"b1","action":{"type":"HI"}}"#,
-    ));
-    bytes.extend(masked_text(
-        r#"{"kind":"sendToServer","id":"s2","action":{"type":"E","n":2}}"#,
-    ));
+    let mut bytes = format!(
+        "GET /ws?userId={user} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes();
+    bytes.extend_from_slice(behind);
     let mut socket = tokio::net::TcpStream::connect(server.running.local_addr())
         .await
         .unwrap();
     socket.write_all(&bytes).await.unwrap();
-    // The response head, byte by byte so that no frame is read with it.
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         head.push(
@@ -618,12 +606,38 @@ async fn requests_sent_in_the_same_write_as_the_handshake_are_answered() {
         "{}",
         String::from_utf8_lossy(&head)
     );
-    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+    socket
+}
+
+/// The client's side of a socket [`upgrade_by_hand`] returned.
+async fn client_side(
+    socket: tokio::net::TcpStream,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    tokio_tungstenite::WebSocketStream::from_raw_socket(
         tokio_tungstenite::MaybeTlsStream::Plain(socket),
-        Role::Client,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
         None,
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn requests_sent_in_the_same_write_as_the_handshake_are_answered() {
+    let server = TestServer::start(|b| b.handler(EchoHandler)).await;
+    let tab = server.client("A").await;
+    let mut tab_inbox = inbox(&tab, "HI");
+    // The upgrade request and three requests in one write: one answered in
+    // place (sendToServer), one that waits on the engine (broadcast), and a
+    // second sendToServer behind it.
+    let mut frames =
+        masked_text(r#"{"kind":"sendToServer","id":"s1","action":{"type":"E","n":1}}"#);
+    frames.extend(masked_text(
+        r#"{"kind":"broadcast","id":"b1","action":{"type":"HI"}}"#,
+    ));
+    frames.extend(masked_text(
+        r#"{"kind":"sendToServer","id":"s2","action":{"type":"E","n":2}}"#,
+    ));
+    let mut ws = client_side(upgrade_by_hand(&server, "A", &frames).await).await;
     assert_eq!(next_json(&mut ws).await["kind"], "welcome");
     let mut answers = std::collections::HashMap::new();
     for _ in 0..3 {
@@ -638,43 +652,16 @@ async fn requests_sent_in_the_same_write_as_the_handshake_are_answered() {
 
 #[tokio::test]
 async fn frames_in_one_read_are_answered_in_order_whether_or_not_they_wait() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio::io::AsyncWriteExt;
 
     let server = TestServer::start(|b| b.handler(EchoHandler)).await;
     let tab = server.client("A").await;
     let mut tab_inbox = inbox(&tab, "HI");
-    let mut socket = tokio::net::TcpStream::connect(server.running.local_addr())
-        .await
-        .unwrap();
-    socket
-        .write_all(
-            b"GET /ws?userId=A HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
-            Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-            Sec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(
-            tokio::time::timeout(WAIT, socket.read_u8())
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-        tokio_tungstenite::MaybeTlsStream::Plain(socket),
-        Role::Client,
-        None,
-    )
-    .await;
-    assert_eq!(next_json(&mut ws).await["kind"], "welcome");
+    let mut socket = upgrade_by_hand(&server, "A", &[]).await;
     // Frames answered where they are read (sendToServer), one that waits on
     // the engine (broadcast) between them, and one whose `kind` is not its
-    // first member: all in one write, so that the server reads them at once.
+    // first member: all in one write after the handshake, so that the
+    // server reads them at once, from its read buffer.
     let frames = [
         r#"{"kind":"sendToServer","id":"s1","action":{"type":"E","n":1}}"#,
         r#"{"kind":"sendToServer","id":"s2","action":{"type":"E","n":2}}"#,
@@ -684,13 +671,9 @@ async fn frames_in_one_read_are_answered_in_order_whether_or_not_they_wait() {
         r#"{"kind":"sendToServer","id":"s5","action":{"type":"E","n":5}}"#,
     ];
     let bytes: Vec<u8> = frames.iter().flat_map(|f| masked_text(f)).collect();
-    let mut ws_socket = ws.into_inner();
-    let tokio_tungstenite::MaybeTlsStream::Plain(raw) = &mut ws_socket else {
-        panic!("a plain socket")
-    };
-    raw.write_all(&bytes).await.unwrap();
-    let mut ws =
-        tokio_tungstenite::WebSocketStream::from_raw_socket(ws_socket, Role::Client, None).await;
+    socket.write_all(&bytes).await.unwrap();
+    let mut ws = client_side(socket).await;
+    assert_eq!(next_json(&mut ws).await["kind"], "welcome");
     let mut order = Vec::new();
     for _ in 0..frames.len() {
         let frame = next_json(&mut ws).await;
