@@ -286,24 +286,23 @@ impl UserWindow {
 
     /// Whether the record at `pos` holds `id`.
     fn holds(&self, pos: u64, id: &str) -> bool {
-        self.header(pos).is_some_and(|h| {
-            usize::from(h.id_len) == id.len()
-                && self.stored(pos, HEADER, id.len()).is_some_and(|(a, b)| {
-                    id.as_bytes()
-                        .split_at_checked(a.len())
-                        .is_some_and(|(x, y)| a == x && b == y)
-                })
-        })
+        self.header(pos)
+            .is_some_and(|h| usize::from(h.id_len) == id.len() && self.id_bytes_are(pos, id))
     }
 
     /// Whether the record at `pos`, whose entry is `e`, holds `id`.
     fn entry_holds(&self, pos: u64, e: &Entry, id: &str) -> bool {
-        usize::from(e.id_len) == id.len()
-            && self.stored(pos, HEADER, id.len()).is_some_and(|(a, b)| {
-                id.as_bytes()
-                    .split_at_checked(a.len())
-                    .is_some_and(|(x, y)| a == x && b == y)
-            })
+        usize::from(e.id_len) == id.len() && self.id_bytes_are(pos, id)
+    }
+
+    /// Whether the record at `pos`, whose id is as long as `id`, holds
+    /// `id`'s bytes.
+    fn id_bytes_are(&self, pos: u64, id: &str) -> bool {
+        self.stored(pos, HEADER, id.len()).is_some_and(|(a, b)| {
+            id.as_bytes()
+                .split_at_checked(a.len())
+                .is_some_and(|(x, y)| a == x && b == y)
+        })
     }
 
     /// The outcome remembered for `id`, as its record's position.
