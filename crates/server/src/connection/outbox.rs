@@ -54,29 +54,76 @@ impl Frame {
     }
 
     /// A text frame whose payload `write` appends to an empty buffer. The
-    /// payload is built in a reused per-thread buffer and copied once into
-    /// the frame, instead of going through a `String` of its own.
+    /// frame is built in a reused per-thread buffer ([`Frame::lend_text`])
+    /// and copied once into a buffer of exactly its size, instead of going
+    /// through a `String` of its own.
     pub(crate) fn text_with(write: impl FnOnce(&mut Vec<u8>)) -> Self {
+        Self::lend_text(write, |frame| Frame(Bytes::copy_from_slice(frame)))
+    }
+
+    /// Builds a text frame, header and payload (which `write` appends), in a
+    /// reused per-thread buffer and lends it to `lend`: a frame written at
+    /// once and remembered by copy (a `sendToServer` answer) needs no
+    /// allocation of its own.
+    pub(crate) fn lend_text<R>(
+        write: impl FnOnce(&mut Vec<u8>),
+        lend: impl FnOnce(&[u8]) -> R,
+    ) -> R {
         thread_local! {
-            static PAYLOAD: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+            static BUILDING: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        PAYLOAD.with(|payload| {
-            // A frame being built inside another's `write` (not done today)
-            // gets a buffer of its own rather than a borrow panic.
-            let Ok(mut payload) = payload.try_borrow_mut() else {
-                let mut own = Vec::new();
-                write(&mut own);
-                return Frame(wire::encode_text(&own));
+        BUILDING.with(|building| {
+            // A frame built while another is lent (an error answered while
+            // the first is pushed, say) gets a buffer of its own rather than
+            // a borrow panic.
+            let mut own = Vec::new();
+            let mut lent = building.try_borrow_mut();
+            let buffer: &mut Vec<u8> = match &mut lent {
+                Ok(building) => building,
+                Err(_) => &mut own,
             };
-            payload.clear();
-            write(&mut payload);
-            let frame = Frame(wire::encode_text(&payload));
+            // The payload goes after room for the longest header; the header
+            // is written right before it once its length is known.
+            buffer.clear();
+            buffer.resize(wire::MAX_HEADER, 0);
+            write(buffer);
+            let (header, used) = wire::text_header(buffer.len() - wire::MAX_HEADER);
+            let start = wire::MAX_HEADER - used;
+            buffer[start..wire::MAX_HEADER].copy_from_slice(&header[..used]);
+            let result = lend(&buffer[start..]);
             // One huge frame should not pin its buffer for the thread's life.
-            if payload.capacity() > 64 * 1024 {
-                *payload = Vec::new();
+            if buffer.capacity() > 64 * 1024 {
+                *buffer = Vec::new();
             }
-            frame
+            result
         })
+    }
+}
+
+/// A frame to push: one of its own, or one lent that becomes one only if it
+/// is queued.
+trait Outgoing {
+    fn as_bytes(&self) -> &[u8];
+    fn into_frame(self) -> Frame;
+}
+
+impl Outgoing for Frame {
+    fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn into_frame(self) -> Frame {
+        self
+    }
+}
+
+impl Outgoing for &[u8] {
+    fn as_bytes(&self) -> &[u8] {
+        self
+    }
+
+    fn into_frame(self) -> Frame {
+        Frame(Bytes::copy_from_slice(self))
     }
 }
 
@@ -219,13 +266,24 @@ impl Outbox {
     /// Writes or queues a frame. Returns false if the connection is closing
     /// or just overflowed (the frame was dropped).
     pub(crate) fn push(&self, frame: Frame) -> bool {
+        self.push_outgoing(frame)
+    }
+
+    /// [`Outbox::push`] for a frame lent by its builder ([`Frame::lend_text`]):
+    /// copied into a frame of its own only if it has to wait in the queue.
+    pub(crate) fn push_lent(&self, frame: &[u8]) -> bool {
+        self.push_outgoing(frame)
+    }
+
+    fn push_outgoing(&self, frame: impl Outgoing) -> bool {
         let mut q = self.queue.lock();
         if q.kicked.is_some() {
             return false;
         }
         if q.frames.is_empty() && !q.held && !q.corked {
             // The fast path, under the lock so frames never interleave.
-            let written = match self.socket.try_write(frame.bytes()) {
+            let bytes = frame.as_bytes();
+            let written = match self.socket.try_write(bytes) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(_) => {
@@ -235,17 +293,17 @@ impl Outbox {
                     return false;
                 }
             };
-            if written == frame.len() {
+            if written == bytes.len() {
                 return true;
             }
             q.offset = written;
-            q.bytes = frame.len() - written;
-            q.frames.push_back(frame);
+            q.bytes = bytes.len() - written;
+            q.frames.push_back(frame.into_frame());
             drop(q);
             self.wake.raise();
             return true;
         }
-        if !q.enqueue(frame, self.max_bytes) {
+        if !q.enqueue(frame.into_frame(), self.max_bytes) {
             drop(q);
             self.wake.raise();
             return false;
@@ -456,6 +514,25 @@ pub(super) mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (accepted, client) = tokio::join!(listener.accept(), client);
         (Arc::new(accepted.unwrap().0), client.unwrap())
+    }
+
+    #[test]
+    fn a_frame_built_in_the_threads_buffer_is_the_frame_encoded_from_its_payload() {
+        for len in [0, 1, 125, 126, 300, 65_535, 65_536, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let expected = wire::encode_text(&payload);
+            let built = Frame::text_with(|out| out.extend_from_slice(&payload));
+            assert_eq!(&built.0[..], &expected[..], "length {len}");
+            // Lent, and a frame built while another is lent.
+            Frame::lend_text(
+                |out| out.extend_from_slice(&payload),
+                |lent| {
+                    assert_eq!(lent, &expected[..], "length {len}");
+                    let inner = Frame::text_with(|out| out.extend_from_slice(b"inner"));
+                    assert_eq!(&inner.0[..], &wire::encode_text(b"inner")[..]);
+                },
+            );
+        }
     }
 
     #[tokio::test]

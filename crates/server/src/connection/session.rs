@@ -404,11 +404,11 @@ fn send_answer(hub: &Arc<Hub>, outbox: &Outbox, in_flight: &mut InFlight, answer
             // waker, before the task next sleeps: the no-op waker here is
             // never the one a wake-up is owed to.
             let mut cx = Context::from_waker(Waker::noop());
-            match call.poll_frame(hub, &mut cx) {
-                Poll::Ready(frame) => {
-                    outbox.push(frame);
-                }
-                Poll::Pending => in_flight.push(call.into_waiting(hub.clone())),
+            if call
+                .poll_answer(hub, &mut cx, |frame| outbox.push_lent(frame))
+                .is_pending()
+            {
+                in_flight.push(call.into_waiting(hub.clone()));
             }
         }
         // A retry waiting for its first attempt, which is still running.

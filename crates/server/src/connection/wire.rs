@@ -81,27 +81,41 @@ pub(crate) enum WireError {
     InvalidUtf8,
 }
 
+/// The longest server frame header: opcode, length marker, 64-bit length.
+pub(crate) const MAX_HEADER: usize = 10;
+
+/// The header of a final, unmasked frame with a payload this long, and how
+/// many of the bytes it uses.
+pub(crate) fn frame_header(opcode: u8, len: usize) -> ([u8; MAX_HEADER], usize) {
+    let mut header = [0u8; MAX_HEADER];
+    header[0] = 0x80 | opcode;
+    let used = if len < 126 {
+        header[1] = len as u8;
+        2
+    } else if len <= u16::MAX as usize {
+        header[1] = 126;
+        header[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    (header, used)
+}
+
+/// [`frame_header`] for a text frame.
+pub(crate) fn text_header(len: usize) -> ([u8; MAX_HEADER], usize) {
+    frame_header(OP_TEXT, len)
+}
+
 /// Frames one server message: header plus payload in one buffer.
 pub(crate) fn encode(opcode: u8, payload: &[u8]) -> Bytes {
-    let len = payload.len();
-    let header = match len {
-        0..126 => 2,
-        126..=0xffff => 4,
-        _ => 10,
-    };
+    let (header, used) = frame_header(opcode, payload.len());
     // Exactly the frame's size: `freeze` then hands the buffer to `Bytes`
     // as it is, where spare capacity would cost another allocation.
-    let mut buf = BytesMut::with_capacity(header + len);
-    buf.put_u8(0x80 | opcode);
-    if len < 126 {
-        buf.put_u8(len as u8);
-    } else if len <= u16::MAX as usize {
-        buf.put_u8(126);
-        buf.put_u16(len as u16);
-    } else {
-        buf.put_u8(127);
-        buf.put_u64(len as u64);
-    }
+    let mut buf = BytesMut::with_capacity(used + payload.len());
+    buf.put_slice(&header[..used]);
     buf.put_slice(payload);
     buf.freeze()
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures_util::future::BoxFuture;
-use pubsub_protocol::server_frame::{write_ack, write_ack_json};
+use pubsub_protocol::server_frame::write_ack;
 use pubsub_protocol::{MessageId, Received, Request, RequestKind};
 use serde::Serialize;
 
@@ -96,13 +96,12 @@ impl Hub {
 
     /// Builds an `ack` frame and counts it.
     pub(crate) fn ack_frame<T: Serialize + ?Sized>(&self, id: &MessageId, result: &T) -> Frame {
-        self.stats.messages_out.ack.fetch_add(1, Ordering::Relaxed);
+        self.count_ack();
         Frame::text_with(|out| write_ack(out, id, result))
     }
 
-    /// [`Self::ack_frame`] for a result that is already valid JSON text.
-    pub(crate) fn ack_json_frame(&self, id: &MessageId, result: &str) -> Frame {
+    /// Counts an ack built elsewhere (a handler's answer, lent as it is built).
+    pub(crate) fn count_ack(&self) {
         self.stats.messages_out.ack.fetch_add(1, Ordering::Relaxed);
-        Frame::text_with(|out| write_ack_json(out, id, result))
     }
 }

@@ -356,7 +356,7 @@ impl UserWindow {
     }
 
     /// `began`: when the request began, in [`UserWindow::nanos_since_created`].
-    fn remember(&mut self, began: u64, hash: u64, id: &MessageId, frame: &Frame) {
+    fn remember(&mut self, began: u64, hash: u64, id: &MessageId, frame: &[u8]) {
         let header = Header {
             // Ids are at most MAX_ID_BYTES (128) and frames at most the
             // message limit, far below these bounds.
@@ -377,7 +377,7 @@ impl UserWindow {
         let pos = self.buffer_start + self.buffer.len() as u64;
         self.buffer.extend(&header.encode());
         self.buffer.extend(id.as_str().as_bytes());
-        self.buffer.extend(frame.bytes());
+        self.buffer.extend(frame);
         self.entries.push_back(entry);
         if self.filtered {
             self.ids.add(hash);
@@ -713,7 +713,9 @@ impl RetryWindow {
         self.0.total_bytes.load(Ordering::Relaxed)
     }
 
-    fn settle(&self, ticket: &Ticket, outcome: Option<(&Frame, bool)>) {
+    /// `outcome`: the answer's frame, as bytes on the wire, and whether to
+    /// remember it.
+    fn settle(&self, ticket: &Ticket, outcome: Option<(&[u8], bool)>) {
         let (id, hash) = (&ticket.id, ticket.hash);
         // A window with a request running is never detached.
         let mut w = ticket.user_window.lock();
@@ -723,8 +725,11 @@ impl RetryWindow {
         };
         let (mut freed, mut added) = (ticket.freed, 0);
         if let Some((frame, remember)) = outcome {
-            for waiter in waiters {
-                let _ = waiter.send(frame.clone());
+            if !waiters.is_empty() {
+                let shared = Frame::raw(Bytes::copy_from_slice(frame));
+                for waiter in waiters {
+                    let _ = waiter.send(shared.clone());
+                }
             }
             let cost = cost(id.as_str().len(), frame.len());
             let total = self.0.total_bytes.load(Ordering::Relaxed);
@@ -812,12 +817,12 @@ impl Ticket {
 
     /// Records the outcome. `remember` is false for retryable failures.
     pub(crate) fn settle(mut self, frame: &Frame, remember: bool) {
-        self.settle_in_place(frame, remember);
+        self.settle_in_place(frame.bytes(), remember);
     }
 
-    /// [`Ticket::settle`] for a holder that keeps the ticket; later calls
-    /// do nothing.
-    pub(crate) fn settle_in_place(&mut self, frame: &Frame, remember: bool) {
+    /// [`Ticket::settle`] for a holder that keeps the ticket, with the
+    /// frame's bytes (a frame lent by its builder); later calls do nothing.
+    pub(crate) fn settle_in_place(&mut self, frame: &[u8], remember: bool) {
         if !self.settled {
             self.settled = true;
             self.window.settle(self, Some((frame, remember)));
