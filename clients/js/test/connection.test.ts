@@ -135,6 +135,9 @@ describe('reconnecting', () => {
   });
 
   it('a failing token source counts as a failed attempt and is retried with backoff', async () => {
+    // Full jitter can draw a delay of 0 ms (one draw in 250 at the first
+    // attempt), which would retry within the first tick: draw half the window.
+    vi.spyOn(Math, 'random').mockReturnValue(0.5);
     let calls = 0;
     const client = makeClient({
       userId: undefined,
