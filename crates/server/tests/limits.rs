@@ -243,8 +243,10 @@ async fn a_silent_client_is_closed_by_the_heartbeat() {
     let server = TestServer::start_with(config, |b| b).await;
     // tokio-tungstenite answers WebSocket pings by itself, but the server's
     // heartbeat is an application `ping` that only a live client answers.
-    let mut silent = Raw::connect(&server.url, "ghost").await;
+    // The server's silence clock starts with the session, before the
+    // welcome arrives, so the bound is measured from before connecting.
     let started = Instant::now();
+    let mut silent = Raw::connect(&server.url, "ghost").await;
     let code = loop {
         match tokio::time::timeout(WAIT, silent.ws.next()).await.unwrap() {
             Some(Ok(Message::Close(Some(frame)))) => break u16::from(frame.code),

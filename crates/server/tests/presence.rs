@@ -210,9 +210,13 @@ async fn a_killed_connection_goes_offline_within_the_heartbeat_bound() {
     let mut watched = inbox(&watcher, "@pubsub/PRESENCE_CHANGE");
     // A raw socket that stops answering, as a killed browser would: no close
     // frame, no pongs. (The Rust client would answer pings from its task.)
+    // It is silent from the moment it connects, and the server's silence
+    // clock starts when its session does, so the bound is measured from
+    // just before connecting: an instant taken later (after the watch
+    // below) would sit inside the bound and let the lower check fail.
+    let killed_at = Instant::now();
     let mut ghost = Raw::connect(&server.url, "ghost").await;
     watcher.watch(["ghost"]).await.unwrap();
-    let killed_at = Instant::now();
     let _reader = tokio::spawn(async move { while ghost.ws.next().await.is_some() {} });
 
     let change = presence(&recv(&mut watched).await);
