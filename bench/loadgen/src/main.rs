@@ -79,6 +79,12 @@ pub struct Common {
     /// Seconds one connection may take to be set up.
     #[arg(long, default_value_t = 60.0)]
     pub setup_timeout: f64,
+    /// Write the measured window's bounds to this file once they are fixed
+    /// (after the connects), as "START END" in microseconds since the Unix
+    /// epoch: for a profiler that must count the window and nothing else
+    /// (bench/instructions-per-rpc).
+    #[arg(long)]
+    pub window_file: Option<std::path::PathBuf>,
     /// Fetch http://127.0.0.1:<port>/stats at the end (PubSub only).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub fetch_stats: bool,
@@ -377,6 +383,13 @@ fn parent(w: Workload) -> anyhow::Result<()> {
     for s in stdins.iter_mut() {
         writeln!(s, "GO {go_at} {start} {end} {drain_end} {split}")?;
         s.flush()?;
+    }
+    if let Some(path) = &c.window_file {
+        // Renamed into place, so a reader polling for it never sees half a line.
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, format!("{start} {end}\n"))
+            .and_then(|()| std::fs::rename(&partial, path))
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
 
     let samples = Arc::new(Mutex::new(Vec::new()));
