@@ -24,6 +24,10 @@ pub struct Received<'a>(Ids<'a>);
 enum Ids<'a> {
     #[default]
     None,
+    /// The one id of a plain list written without whitespace, `["…"]`, as
+    /// clients write it: most requests report one ack, and this spares
+    /// walking the list again for it.
+    One(&'a str),
     /// A JSON array of at most [`MAX_RECEIVED`] strings, each a valid id with
     /// nothing to unescape (checked when decoded).
     Plain(&'a str),
@@ -64,6 +68,14 @@ pub(crate) fn plain_list(rest: &str) -> Option<&str> {
     None
 }
 
+/// The id of a plain list (checked by [`plain_list`]) that is exactly
+/// `["…"]`: its ids hold no quote, so a list with none between its first
+/// and last two bytes has one id and no whitespace.
+fn only_id(plain: &str) -> Option<&str> {
+    let id = plain.strip_prefix("[\"")?.strip_suffix("\"]")?;
+    (!id.is_empty() && !id.as_bytes().contains(&b'"')).then_some(id)
+}
+
 impl<'a> Received<'a> {
     /// Reads `received` (`None` when absent) of the request `id`.
     pub(crate) fn decode(
@@ -74,7 +86,9 @@ impl<'a> Received<'a> {
             return Ok(Self::default());
         };
         if plain || plain_list(raw).is_some() {
-            return Ok(Self(if raw[1..].trim_start().starts_with(']') {
+            return Ok(Self(if let Some(id) = only_id(raw) {
+                Ids::One(id)
+            } else if raw[1..].trim_start().starts_with(']') {
                 Ids::None
             } else {
                 Ids::Plain(raw)
@@ -105,6 +119,7 @@ impl<'a> Received<'a> {
     pub fn iter(&self) -> ReceivedIds<'_> {
         ReceivedIds(match &self.0 {
             Ids::None => IdsLeft::Plain(""),
+            Ids::One(id) => IdsLeft::One(Some(id)),
             Ids::Plain(raw) => IdsLeft::Plain(raw),
             Ids::Owned(ids) => IdsLeft::Owned(ids.iter()),
         })
@@ -120,6 +135,7 @@ pub struct ReceivedIds<'r>(IdsLeft<'r>);
 
 #[derive(Debug, Clone)]
 enum IdsLeft<'r> {
+    One(Option<&'r str>),
     /// The rest of a plain list, from just past the last id yielded.
     Plain(&'r str),
     Owned(std::slice::Iter<'r, MessageId>),
@@ -130,6 +146,7 @@ impl<'r> Iterator for ReceivedIds<'r> {
 
     fn next(&mut self) -> Option<&'r str> {
         match &mut self.0 {
+            IdsLeft::One(id) => id.take(),
             IdsLeft::Owned(ids) => ids.next().map(MessageId::as_str),
             IdsLeft::Plain(rest) => {
                 // A plain list was checked when decoded: between its ids
@@ -161,6 +178,9 @@ mod tests {
     #[test]
     fn plain_and_escaped_lists_yield_their_ids_in_order() {
         assert_eq!(decoded(r#"["a-1","b-2"]"#).unwrap(), ["a-1", "b-2"]);
+        assert_eq!(decoded(r#"["a-1"]"#).unwrap(), ["a-1"]);
+        assert_eq!(decoded(r#"[ "a-1"]"#).unwrap(), ["a-1"]);
+        assert_eq!(decoded(r#"["a\u002d1"]"#).unwrap(), ["a-1"]);
         assert_eq!(decoded(r#"[ "a-1" , "b-2" ]"#).unwrap(), ["a-1", "b-2"]);
         assert_eq!(decoded(r#"["a\u002d1","b"]"#).unwrap(), ["a-1", "b"]);
         assert!(decoded("[]").unwrap().is_empty());
