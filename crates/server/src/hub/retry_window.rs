@@ -49,6 +49,7 @@
 //! again instead of remembering into a window no one else sees.
 
 mod id_filter;
+mod running;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -66,6 +67,7 @@ use tokio::time::Instant;
 
 use crate::connection::Frame;
 use id_filter::IdFilter;
+use running::{Running, RunningRequests};
 
 /// Per-outcome memory besides its id and frame bytes (the record's header,
 /// its entry in the queue beside the ring and its bits in the id filter, the
@@ -149,14 +151,6 @@ fn cost(id_len: usize, frame_len: usize) -> usize {
     id_len + frame_len + ENTRY_OVERHEAD
 }
 
-/// A request whose first attempt is still running.
-struct Running {
-    hash: u64,
-    id: MessageId,
-    /// Retries waiting for the first attempt's outcome.
-    waiters: Vec<oneshot::Sender<Frame>>,
-}
-
 struct UserWindow {
     /// Whose outcomes these are, for taking the window out of the node's
     /// map once it is empty (kept here so a request's ticket need not hold
@@ -164,7 +158,7 @@ struct UserWindow {
     user: UserId,
     /// What the records' times count from.
     created: Instant,
-    running: HashTable<Running>,
+    running: RunningRequests,
     /// The remembered outcomes' records back to back, oldest first.
     buffer: VecDeque<u8>,
     /// Position of `buffer[0]` (the oldest record) in the user's byte stream.
@@ -228,7 +222,7 @@ impl UserWindow {
         Self {
             user,
             created: Instant::now(),
-            running: HashTable::new(),
+            running: RunningRequests::default(),
             buffer: VecDeque::new(),
             buffer_start: 0,
             entries: VecDeque::new(),
@@ -659,21 +653,17 @@ impl RetryWindow {
             self.freed(freed);
             return Begin::Replay(frame);
         }
-        if let Some(running) = w.running.find_mut(hash, |r| r.id == *id) {
+        if let Some(running) = w.running.find_mut(hash, id) {
             self.freed(freed);
             let (tx, rx) = oneshot::channel();
             running.waiters.push(tx);
             return Begin::Wait(rx);
         }
-        w.running.insert_unique(
+        w.running.insert(Running {
             hash,
-            Running {
-                hash,
-                id: id.clone(),
-                waiters: Vec::new(),
-            },
-            |r| r.hash,
-        );
+            id: id.clone(),
+            waiters: Vec::new(),
+        });
         Begin::New(Ticket {
             window: self.clone(),
             user_window: Locked::mutex(&w).clone(),
@@ -719,10 +709,10 @@ impl RetryWindow {
         let (id, hash) = (&ticket.id, ticket.hash);
         // A window with a request running is never detached.
         let mut w = ticket.user_window.lock();
-        let waiters = match w.running.find_entry(hash, |r| r.id == *id) {
-            Ok(running) => running.remove().0.waiters,
-            Err(_) => Vec::new(),
-        };
+        let waiters = w
+            .running
+            .remove(hash, id)
+            .map_or_else(Vec::new, |running| running.waiters);
         let (mut freed, mut added) = (ticket.freed, 0);
         if let Some((frame, remember)) = outcome {
             if !waiters.is_empty() {
