@@ -151,11 +151,17 @@ fn cost(id_len: usize, frame_len: usize) -> usize {
     id_len + frame_len + ENTRY_OVERHEAD
 }
 
+/// In the order a request reads it, so that what every request touches
+/// shares as few cache lines as it can (`repr(C)` keeps this order): with
+/// thousands of users, each user's lines are cold by its next request.
+#[repr(C)]
 struct UserWindow {
-    /// Whose outcomes these are, for taking the window out of the node's
-    /// map once it is empty (kept here so a request's ticket need not hold
-    /// a reference of its own).
-    user: UserId,
+    /// Whether `ids` is in use: only once the window holds more than
+    /// [`FILTER_FROM`] outcomes, and until it holds none.
+    filtered: bool,
+    /// Set when the window left the node's map (it was empty): a holder of
+    /// the old slot must look the user up again.
+    detached: bool,
     /// What the records' times count from.
     created: Instant,
     running: RunningRequests,
@@ -176,12 +182,10 @@ struct UserWindow {
     /// The hashes of the remembered outcomes' ids (and of some forgotten
     /// ones, until it is next rebuilt).
     ids: IdFilter,
-    /// Whether `ids` is in use: only once the window holds more than
-    /// [`FILTER_FROM`] outcomes, and until it holds none.
-    filtered: bool,
-    /// Set when the window left the node's map (it was empty): a holder of
-    /// the old slot must look the user up again.
-    detached: bool,
+    /// Whose outcomes these are, for taking the window out of the node's
+    /// map once it is empty (kept here so a request's ticket need not hold
+    /// a reference of its own).
+    user: UserId,
 }
 
 type Shared = Arc<Mutex<UserWindow>>;

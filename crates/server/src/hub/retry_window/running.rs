@@ -23,7 +23,11 @@ pub(super) struct Running {
     pub(super) waiters: Vec<oneshot::Sender<Frame>>,
 }
 
+/// `repr(C)`: the inline request first, beside the window's other fields
+/// that every request reads; the table after it, read only when there are
+/// others.
 #[derive(Default)]
+#[repr(C)]
 pub(super) struct RunningRequests {
     first: Option<Running>,
     others: HashTable<Running>,
