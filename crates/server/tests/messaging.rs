@@ -651,6 +651,29 @@ async fn requests_sent_in_the_same_write_as_the_handshake_are_answered() {
 }
 
 #[tokio::test]
+async fn a_frame_split_between_the_handshake_and_the_next_write_is_answered() {
+    use tokio::io::AsyncWriteExt;
+
+    let server = TestServer::start(|b| b.handler(EchoHandler)).await;
+    // A whole request and half of the next one behind the upgrade request;
+    // the rest of it in a later write.
+    let mut behind =
+        masked_text(r#"{"kind":"sendToServer","id":"s1","action":{"type":"E","n":1}}"#);
+    let second = masked_text(r#"{"kind":"sendToServer","id":"s2","action":{"type":"E","n":2}}"#);
+    let (head, tail) = second.split_at(second.len() / 2);
+    behind.extend_from_slice(head);
+    let mut socket = upgrade_by_hand(&server, "A", &behind).await;
+    socket.write_all(tail).await.unwrap();
+    let mut ws = client_side(socket).await;
+    assert_eq!(next_json(&mut ws).await["kind"], "welcome");
+    for (id, n) in [("s1", 1), ("s2", 2)] {
+        let answer = next_json(&mut ws).await;
+        assert_eq!(answer["id"], id, "{answer}");
+        assert_eq!(answer["result"], json!({"type": "E", "n": n}), "{answer}");
+    }
+}
+
+#[tokio::test]
 async fn frames_in_one_read_are_answered_in_order_whether_or_not_they_wait() {
     use tokio::io::AsyncWriteExt;
 

@@ -22,6 +22,7 @@ use super::outbox::Corked;
 use super::reader::{Read, ReadError, read_in_place};
 use super::wire::{Message, Parser, WireError, encode_pong as ws_pong};
 use super::{ClientHandle, End, Frame, Outbox};
+use crate::config::ServerConfig;
 use crate::hub::{Answer, Caller, Hub};
 
 struct Limits {
@@ -60,7 +61,7 @@ pub(super) async fn run(
     hub: &Arc<Hub>,
     handle: &Arc<ClientHandle>,
     socket: &TcpStream,
-    leftover: Vec<u8>,
+    parser: &mut Parser,
 ) -> End {
     let config = &hub.config;
     let outbox = handle.outbox();
@@ -68,7 +69,6 @@ pub(super) async fn run(
         user: handle.user().clone(),
         client: handle.id().clone(),
     });
-    let mut parser = Parser::default();
     let mut incoming = Vec::new();
     let mut in_flight = InFlight::default();
     let mut limits = Limits {
@@ -76,10 +76,11 @@ pub(super) async fn run(
         invalid: TokenBucket::new(config.max_invalid_frames_per_min, 60.0),
     };
 
-    let interval = config.heartbeat_interval();
-    let silence_limit = interval + config.heartbeat_timeout();
+    // The interval and the silence limit are read from the config where
+    // they are needed rather than kept: what lives across the loop's
+    // awaits is in every connection's task, idle or not.
     let mut last_inbound = Instant::now();
-    let mut next_ping = last_inbound + interval;
+    let mut next_ping = last_inbound + config.heartbeat_interval();
     let heartbeat = sleep_until(next_ping);
     tokio::pin!(heartbeat);
     // Whether the heartbeat timer has been polled since it was last set,
@@ -106,8 +107,8 @@ pub(super) async fn run(
 
     // Frames the client sent right behind its handshake: answered on the
     // loop's first turn.
-    if !leftover.is_empty()
-        && let Err(e) = parser.feed(&leftover, config.max_message_bytes, &mut incoming)
+    if parser.has_unread()
+        && let Err(e) = parser.feed(&[], config.max_message_bytes, &mut incoming)
     {
         return End::from_wire(e);
     }
@@ -177,7 +178,7 @@ pub(super) async fn run(
                 // presence): that one and those behind it are copied to
                 // `incoming` and handled, in order, at the top of the loop.
                 let mut end = None;
-                let read = read_in_place(socket, &mut parser, config.max_message_bytes, |message, more| {
+                let read = read_in_place(socket, parser, config.max_message_bytes, |message, more| {
                     if more && corked.is_none() {
                         corked = Some(outbox.cork());
                     }
@@ -220,13 +221,14 @@ pub(super) async fn run(
                 fired
             }) => {
                 let now = Instant::now();
+                let silence_limit = silence_limit(config);
                 if now.duration_since(last_inbound) >= silence_limit {
                     return End::close(close::HEARTBEAT_TIMEOUT, "nothing received within the heartbeat bound", false);
                 }
                 if now >= next_ping {
                     outbox.push(Frame::from(PING_FRAME));
                     hub.stats.messages_out.ping.fetch_add(1, Ordering::Relaxed);
-                    next_ping = now + interval;
+                    next_ping = now + config.heartbeat_interval();
                 }
                 heartbeat.as_mut().reset(next_ping.min(last_inbound + silence_limit));
                 heartbeat_armed = false;
@@ -244,6 +246,11 @@ pub(super) async fn run(
             return End::close(close::SERVICE_RESTART, "server shutting down", true);
         }
     }
+}
+
+/// How long a client may stay silent: a ping's interval and its timeout.
+fn silence_limit(config: &ServerConfig) -> std::time::Duration {
+    config.heartbeat_interval() + config.heartbeat_timeout()
 }
 
 /// Writes what the socket did not take at once. A write blocked past

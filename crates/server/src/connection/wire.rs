@@ -159,6 +159,22 @@ pub(crate) struct Parser {
 }
 
 impl Parser {
+    /// A parser that starts with `bytes` received but not parsed yet (what
+    /// a client sent right behind its handshake); [`Parser::feed`] with no
+    /// data parses them.
+    pub(crate) fn with_unread(bytes: Vec<u8>) -> Self {
+        Self {
+            partial: bytes,
+            fragments: None,
+        }
+    }
+
+    /// Whether bytes received are kept unparsed: an incomplete frame, or
+    /// what [`Parser::with_unread`] started with.
+    pub(crate) fn has_unread(&self) -> bool {
+        !self.partial.is_empty()
+    }
+
     /// Parses `data` (appended to anything kept from before) into `out`, as
     /// owned messages.
     pub(crate) fn feed(
