@@ -104,6 +104,39 @@ async fn graceful_shutdown_lets_in_flight_calls_answer_then_closes_with_1012() {
 }
 
 #[tokio::test]
+async fn a_handler_call_outliving_the_shutdown_timeout_is_cut_off_at_the_timeout() {
+    let config = ServerConfig {
+        shutdown_timeout_ms: 400,
+        ..test_config()
+    };
+    let server = TestServer::start_with(config, |b| {
+        b.handler(handler_fn(|_ctx, _action| async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(json!("too late"))
+        }))
+    })
+    .await;
+    let client = server.client("A").await;
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send_to_server(&json!({"type": "STUCK"})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let started = Instant::now();
+    let report = server.running.shutdown().await;
+    let took = started.elapsed();
+    // The connection waits for its call for the shutdown timeout, then
+    // closes with 1012 ("restarting"): the call fails retryably.
+    assert!(report.clean, "{report:?}");
+    assert!(took >= Duration::from_millis(400), "closed after {took:?}");
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    let e = in_flight.await.unwrap().unwrap_err();
+    assert!(e.retryable, "{e:?}");
+    assert_eq!(client.last_close().unwrap().0, 1012);
+}
+
+#[tokio::test]
 async fn the_client_reconnects_after_a_restart_and_pending_sends_fail_retryably() {
     let config = test_config();
     let server = TestServer::start_with(config.clone(), |b| {

@@ -40,6 +40,7 @@ pub use handle::{ClientHandle, ClientInfo};
 pub(crate) use outbox::Outbox;
 pub use outbox::{Frame, Kick};
 use reader::{Read, read};
+use session::Session;
 use wire::{Parser, encode_close};
 
 /// How long closing steps (last writes, the close handshake) may take.
@@ -108,51 +109,47 @@ pub(crate) fn serve_session(
         hub.config.max_outbound_bytes,
     ));
     // The parser starts with the leftover: it is kept for the session
-    // anyway, and the bytes then ride in it rather than as an argument of
-    // their own in both futures below.
-    serve_attached(hub, socket, handle, Parser::with_unread(leftover), active)
+    // anyway, and the bytes then ride in it.
+    session::serve(
+        Session::new(hub, handle, socket, Parser::with_unread(leftover)),
+        active,
+    )
 }
 
-async fn serve_attached(
-    hub: Arc<Hub>,
-    socket: Arc<TcpStream>,
-    handle: Arc<ClientHandle>,
-    mut parser: Parser,
-    active: bool,
-) {
+/// Registers the client with the engine and greets it; `Err` says how a
+/// client that could not be registered is closed.
+async fn attach(hub: &Arc<Hub>, handle: &Arc<ClientHandle>, active: bool) -> Result<(), End> {
     hub.open_connections.fetch_add(1, Ordering::Relaxed);
-    // The attach's outcome is finished with before the session starts: a
-    // match on it around the session would keep it (a presence, an error)
-    // in every connection's task for the session's whole life.
-    let refused = match hub.engine.attach(handle.clone(), active).await {
+    match hub.engine.attach(handle.clone(), active).await {
         Ok(presence) => {
             hub.stats.connections.opened.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(client = %handle.id(), user = %handle.user(), remote_addr = %handle.info().remote_addr, "connected");
-            welcome(&hub, &handle, presence.clone());
+            welcome(hub, handle, presence.clone());
             hub.hook(HookEvent::Connect(handle.info().clone(), presence));
-            None
+            Ok(())
         }
         Err(e) => {
             tracing::warn!(error = %e, "could not register client");
-            Some(End::close(
+            Err(End::close(
                 close::INTERNAL_ERROR,
                 "engine unavailable",
                 false,
             ))
         }
-    };
-    let end = match refused {
-        Some(end) => end,
-        None => {
-            let end = session::run(&hub, &handle, &socket, &mut parser).await;
-            let presence = hub.engine.detach(&handle).await;
-            hub.hook(HookEvent::Disconnect(handle.info().clone(), presence));
-            hub.stats.connections.closed.fetch_add(1, Ordering::Relaxed);
-            end
-        }
-    };
+    }
+}
+
+/// Unregisters a client whose session ended.
+async fn detach(hub: &Hub, handle: &Arc<ClientHandle>) {
+    let presence = hub.engine.detach(handle).await;
+    hub.hook(HookEvent::Disconnect(handle.info().clone(), presence));
+    hub.stats.connections.closed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Closes the connection as its session ended.
+async fn close(hub: &Hub, handle: &ClientHandle, socket: &TcpStream, end: End) {
     // Boxed: closing is rare, and an idle connection's task should not carry its size.
-    Box::pin(finish(&hub, handle.outbox(), &socket, end)).await;
+    Box::pin(finish(hub, handle.outbox(), socket, end)).await;
     hub.open_connections.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(client = %handle.id(), "disconnected");
 }

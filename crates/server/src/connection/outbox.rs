@@ -222,14 +222,7 @@ pub(crate) struct Corked<'a>(&'a Outbox);
 
 impl Drop for Corked<'_> {
     fn drop(&mut self) {
-        let pending = {
-            let mut q = self.0.queue.lock();
-            q.corked = false;
-            !q.frames.is_empty() && !q.held
-        };
-        if pending {
-            self.0.write_queued();
-        }
+        self.0.uncork();
     }
 }
 
@@ -353,8 +346,26 @@ impl Outbox {
     /// arrived in one read (a `sendToUser` and a `broadcast`, say) reach the
     /// socket together instead of one `send` each.
     pub(crate) fn cork(&self) -> Corked<'_> {
-        self.queue.lock().corked = true;
+        self.hold();
         Corked(self)
+    }
+
+    /// Corks the outbox until [`Outbox::uncork`], for an owner that cannot
+    /// keep the guard of [`Outbox::cork`] (it would borrow from itself).
+    pub(crate) fn hold(&self) {
+        self.queue.lock().corked = true;
+    }
+
+    /// Ends [`Outbox::hold`] (or a cork), writing what was queued meanwhile.
+    pub(crate) fn uncork(&self) {
+        let pending = {
+            let mut q = self.queue.lock();
+            q.corked = false;
+            !q.frames.is_empty() && !q.held
+        };
+        if pending {
+            self.write_queued();
+        }
     }
 
     /// Queues `welcome` ahead of anything that raced it, and starts writing.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 
-use futures_util::StreamExt;
+use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use pubsub_protocol::server_frame::{PING_FRAME, encode_pong};
@@ -17,28 +17,49 @@ use pubsub_protocol::{
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
 
-use super::budget::{TokenBucket, allow};
-use super::outbox::Corked;
+use super::budget::{Rate, TokenBucket};
 use super::reader::{Read, ReadError, read_in_place};
-use super::wire::{Message, Parser, WireError, encode_pong as ws_pong};
+use super::wire::{Incoming, Message, Parser, WireError, encode_pong as ws_pong};
 use super::{ClientHandle, End, Frame, Outbox};
 use crate::config::ServerConfig;
 use crate::hub::{Answer, Caller, Hub};
 
+/// `requests` first: every request takes from it, while `invalid` is
+/// read only for frames that break the protocol.
+#[repr(C)]
 struct Limits {
-    requests: Option<TokenBucket>,
-    invalid: Option<TokenBucket>,
+    requests: TokenBucket,
+    invalid: TokenBucket,
+}
+
+impl Limits {
+    fn new(config: &ServerConfig) -> Self {
+        Self {
+            requests: TokenBucket::full(request_rate(config)),
+            invalid: TokenBucket::full(invalid_frame_rate(config)),
+        }
+    }
+}
+
+fn request_rate(config: &ServerConfig) -> Rate {
+    Rate::new(config.max_requests_per_sec, 1.0)
+}
+
+fn invalid_frame_rate(config: &ServerConfig) -> Rate {
+    Rate::new(config.max_invalid_frames_per_min, 60.0)
 }
 
 /// Handler calls still running. Created with the first one: most
 /// connections never make one, and an empty `FuturesUnordered` already
-/// holds two allocations that every idle connection would carry.
+/// holds two allocations that every idle connection would carry. Boxed,
+/// so that the session's state, which every turn reads, keeps one word
+/// for it.
 #[derive(Default)]
-struct InFlight(Option<FuturesUnordered<BoxFuture<'static, Frame>>>);
+struct InFlight(Option<Box<FuturesUnordered<BoxFuture<'static, Frame>>>>);
 
 impl InFlight {
     fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, FuturesUnordered::len)
+        self.0.as_ref().map_or(0, |calls| calls.len())
     }
 
     fn is_empty(&self) -> bool {
@@ -46,204 +67,403 @@ impl InFlight {
     }
 
     fn push(&mut self, call: BoxFuture<'static, Frame>) {
-        self.0.get_or_insert_with(FuturesUnordered::new).push(call);
+        self.0
+            .get_or_insert_with(|| Box::new(FuturesUnordered::new()))
+            .push(call);
     }
 
-    async fn next(&mut self) -> Option<Frame> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
         match &mut self.0 {
-            Some(calls) => calls.next().await,
-            None => None,
+            Some(calls) if !calls.is_empty() => calls.poll_next_unpin(cx),
+            _ => Poll::Ready(None),
         }
     }
 }
 
-pub(super) async fn run(
-    hub: &Arc<Hub>,
-    handle: &Arc<ClientHandle>,
-    socket: &TcpStream,
-    parser: &mut Parser,
-) -> End {
-    let config = &hub.config;
-    let outbox = handle.outbox();
-    let mut caller = Caller::new(Sender {
-        user: handle.user().clone(),
-        client: handle.id().clone(),
-    });
-    let mut incoming = Vec::new();
-    let mut in_flight = InFlight::default();
-    let mut limits = Limits {
-        requests: TokenBucket::new(config.max_requests_per_sec, 1.0),
-        invalid: TokenBucket::new(config.max_invalid_frames_per_min, 60.0),
-    };
+/// The task of a registered connection, from its attach to its close.
+///
+/// One `async` block around the session's state, with the loop written in
+/// it rather than in a future of its own: a block's captures are the first
+/// bytes of its future, so the state every turn reads starts the task's
+/// future at a cache line (tokio's task header takes the line before), and
+/// no nested future's own state is one more line to fetch per turn.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would copy the session into its future a second time"
+)]
+pub(super) fn serve(
+    mut session: Session,
+    active: bool,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        if let Err(refused) = super::attach(&session.hub, &session.handle, active).await {
+            super::close(&session.hub, &session.handle, &session.socket, refused).await;
+            return;
+        }
+        let end = 'session: {
+            // The interval and the silence limit are read from the config where
+            // they are needed rather than kept: what lives across the loop's
+            // awaits is in every connection's task, idle or not.
+            session.next_ping = session.last_inbound + session.hub.config.heartbeat_interval();
+            session.heartbeat_at = session.next_ping;
+            let heartbeat = sleep_until(session.next_ping);
+            tokio::pin!(heartbeat);
 
-    // The interval and the silence limit are read from the config where
-    // they are needed rather than kept: what lives across the loop's
-    // awaits is in every connection's task, idle or not.
-    let mut last_inbound = Instant::now();
-    let mut next_ping = last_inbound + config.heartbeat_interval();
-    let heartbeat = sleep_until(next_ping);
-    tokio::pin!(heartbeat);
-    // Whether the heartbeat timer has been polled since it was last set,
-    // which registered this task's waker with it (a task's waker does not
-    // change): until the timer fires, polling it again on every turn (two a
-    // request) only costs its checks. `is_elapsed` is one atomic load.
-    let mut heartbeat_armed = false;
+            // Waiting on the shared shutdown token: registered once per
+            // connection, by polling it here. The registration holds this
+            // task's waker (a task's waker does not change), so each turn only
+            // reads the hub's shutdown flag, one atomic load; polling the
+            // future again, or the token's `is_cancelled`, would take the
+            // token's lock on every turn. (A token already cancelled is seen
+            // through the flag, which is set first.)
+            let shutdown = session.hub.shutdown_started_owned();
+            tokio::pin!(shutdown);
+            std::future::poll_fn(|cx| {
+                let _ = shutdown.as_mut().poll(cx);
+                Poll::Ready(())
+            })
+            .await;
 
-    // Waiting on the shared shutdown token: registered once per connection,
-    // by polling it here. The registration holds this task's waker (a task's
-    // waker does not change), so the loop below only reads the hub's
-    // shutdown flag, one atomic load; polling the future again, or the
-    // token's `is_cancelled`, would take the token's lock on every turn.
-    // (A token already cancelled is seen through the flag, which is set
-    // first.)
-    let shutdown = hub.shutdown_started_owned();
-    tokio::pin!(shutdown);
-    std::future::poll_fn(|cx| {
-        let _ = shutdown.as_mut().poll(cx);
-        Poll::Ready(())
-    })
-    .await;
-    let mut drain_deadline: Option<Pin<Box<Sleep>>> = None;
+            // Frames the client sent right behind its handshake: answered on
+            // the loop's first turn.
+            if session.parser.has_unread()
+                && let Err(e) = session.parser.feed(
+                    &[],
+                    session.hub.config.max_message_bytes,
+                    &mut session.incoming,
+                )
+            {
+                break 'session End::from_wire(e);
+            }
 
-    // Frames the client sent right behind its handshake: answered on the
-    // loop's first turn.
-    if parser.has_unread()
-        && let Err(e) = parser.feed(&[], config.max_message_bytes, &mut incoming)
-    {
-        return End::from_wire(e);
+            loop {
+                if !session.incoming.is_empty() {
+                    // The frames below may wait, and the timer fire meanwhile.
+                    session.just_read = false;
+                    // Several frames in one read are answered in one write: the
+                    // outbox is corked from the first frame that has more bytes
+                    // behind it until they have all been answered.
+                    let _corked = (session.incoming.len() > 1 && !session.corked)
+                        .then(|| session.handle.outbox().cork());
+                    // Borrowed, not drained: a frame waited on below stays where
+                    // it is instead of in this task's state, which every
+                    // connection carries.
+                    for message in &session.incoming {
+                        let deferred = match on_message(
+                            &session.hub,
+                            &session.handle,
+                            &mut session.caller,
+                            &mut session.limits,
+                            &mut session.in_flight,
+                            message.as_message(),
+                        ) {
+                            Ok(None) => continue,
+                            Ok(Some(end)) => break 'session end,
+                            Err(deferred) => deferred,
+                        };
+                        Box::pin(on_deferred(
+                            &session.hub,
+                            &session.handle,
+                            &mut session.caller,
+                            &mut session.in_flight,
+                            deferred,
+                        ))
+                        .await;
+                    }
+                    session.incoming.clear();
+                }
+                if session.corked {
+                    session.corked = false;
+                    session.outbox().uncork();
+                }
+                // One poll function for every source, rather than `select!`,
+                // whose branches' futures would be rebuilt in the task's state
+                // on every turn.
+                let wake =
+                    std::future::poll_fn(|cx| session.poll_wake(heartbeat.as_mut(), cx)).await;
+                match wake {
+                    Wake::Write => {
+                        let write_timeout = session.hub.config.write_timeout();
+                        if let Err(end) = Box::pin(write_out(session.outbox(), write_timeout)).await
+                        {
+                            break 'session end;
+                        }
+                    }
+                    Wake::Answer(answer) => {
+                        session.outbox().push(answer);
+                    }
+                    Wake::ShutdownStarted => {
+                        // No more pings or silence checks: the heartbeat timer
+                        // now bounds the drain.
+                        session.draining = true;
+                        let deadline = Instant::now() + session.hub.config.shutdown_timeout();
+                        session.set_heartbeat(heartbeat.as_mut(), deadline);
+                    }
+                    Wake::Readable(ready) => {
+                        if ready.is_err() {
+                            break 'session End::Failed;
+                        }
+                        if let Some(end) = session.read() {
+                            break 'session end;
+                        }
+                    }
+                    Wake::Heartbeat if session.draining => {
+                        break 'session End::close(
+                            close::SERVICE_RESTART,
+                            "server shutting down",
+                            true,
+                        );
+                    }
+                    Wake::Heartbeat => {
+                        if let Some(end) = session.on_heartbeat(heartbeat.as_mut()) {
+                            break 'session end;
+                        }
+                    }
+                }
+                if session.draining && session.in_flight.is_empty() {
+                    break 'session End::close(
+                        close::SERVICE_RESTART,
+                        "server shutting down",
+                        true,
+                    );
+                }
+            }
+        };
+        if session.corked {
+            // Ended in the middle of a read's frames: nothing held back,
+            // the close frame is about to be written.
+            session.corked = false;
+            session.outbox().uncork();
+        }
+        super::detach(&session.hub, &session.handle).await;
+        super::close(&session.hub, &session.handle, &session.socket, end).await;
+    }
+}
+
+/// What the session's loop reads and writes on every turn, and what it
+/// keeps between turns. One struct, laid out in this order (`repr(C)`), at
+/// the start of the task's future (see [`serve`]), rather than an `async`
+/// body's locals, which the compiler spreads over its future as it likes:
+/// with thousands of connections every line of a connection's task has
+/// left the cache by its next request, so each line a turn touches is a
+/// miss. The fields every turn reads fill the first three lines; the
+/// invalid-frame budget and the next ping's time, which a turn rarely
+/// reads, come after them. The hub, the handle and the socket are owned
+/// here, not borrowed from elsewhere in the future: a reference to them
+/// would be one more line to fetch.
+#[repr(C)]
+pub(super) struct Session {
+    hub: Arc<Hub>,
+    handle: Arc<ClientHandle>,
+    socket: Arc<TcpStream>,
+    parser: Parser,
+    in_flight: InFlight,
+    caller: Caller,
+    /// Frames read that wait their turn behind one that had to wait.
+    incoming: Vec<Incoming>,
+    last_inbound: Instant,
+    /// When the heartbeat timer is set to fire.
+    heartbeat_at: Instant,
+    /// Whether the outbox is corked while the frames of one read are
+    /// answered (several answers, one write).
+    corked: bool,
+    /// Whether the heartbeat timer has been polled since it was last set,
+    /// which registered this task's waker with it (a task's waker does not
+    /// change): until the timer fires, polling it again on every turn (two
+    /// a request) would only cost its checks, and the lines of the task
+    /// they read.
+    heartbeat_armed: bool,
+    /// Whether `last_inbound` was read from the clock in this poll of the
+    /// task, with no wait since: then it says the timer has not fired yet
+    /// when it is before `heartbeat_at`, without a look at the timer.
+    just_read: bool,
+    /// Set once the server started shutting down: the heartbeat timer then
+    /// says when to give up waiting for the handler calls still running.
+    draining: bool,
+    limits: Limits,
+    next_ping: Instant,
+}
+
+/// What woke the session's loop, in the order it looks.
+enum Wake {
+    /// The outbox has bytes the socket did not take at once.
+    Write,
+    /// A handler call that was still running answered.
+    Answer(Frame),
+    ShutdownStarted,
+    Readable(std::io::Result<()>),
+    /// The heartbeat timer fired; while draining, the drain's deadline.
+    Heartbeat,
+}
+
+impl Session {
+    /// The state of a registered connection's session; [`serve`] runs it.
+    pub(super) fn new(
+        hub: Arc<Hub>,
+        handle: Arc<ClientHandle>,
+        socket: Arc<TcpStream>,
+        parser: Parser,
+    ) -> Self {
+        let caller = Caller::new(Sender {
+            user: handle.user().clone(),
+            client: handle.id().clone(),
+        });
+        let limits = Limits::new(&hub.config);
+        Session {
+            hub,
+            handle,
+            socket,
+            parser,
+            in_flight: InFlight::default(),
+            caller,
+            incoming: Vec::new(),
+            last_inbound: Instant::now(),
+            corked: false,
+            heartbeat_at: Instant::now(),
+            heartbeat_armed: false,
+            just_read: false,
+            draining: false,
+            limits,
+            next_ping: Instant::now(),
+        }
     }
 
-    // Several frames in one read are answered in one write: the outbox is
-    // corked from the first frame that has more bytes behind it until they
-    // have all been answered.
-    let mut corked: Option<Corked<'_>> = None;
-    loop {
-        if !incoming.is_empty() {
-            let _corked = (incoming.len() > 1 && corked.is_none()).then(|| outbox.cork());
-            // Borrowed, not drained: a frame waited on below stays where
-            // it is instead of in this task's state, which every
-            // connection carries.
-            for message in &incoming {
-                let deferred = match on_message(
-                    hub,
-                    handle,
-                    &mut caller,
-                    &mut limits,
-                    &mut in_flight,
-                    message.as_message(),
-                ) {
-                    Ok(None) => continue,
-                    Ok(Some(end)) => return end,
-                    Err(deferred) => deferred,
-                };
-                Box::pin(on_deferred(
-                    hub,
-                    handle,
-                    &mut caller,
-                    &mut in_flight,
-                    deferred,
-                ))
-                .await;
-            }
-            incoming.clear();
+    fn outbox(&self) -> &Outbox {
+        self.handle.outbox()
+    }
+
+    /// The heartbeat timer fired: closes a client silent past the bound,
+    /// pings one whose ping is due, and sets the timer again.
+    fn on_heartbeat(&mut self, heartbeat: Pin<&mut Sleep>) -> Option<End> {
+        let config = &self.hub.config;
+        let now = Instant::now();
+        let silence_limit = silence_limit(config);
+        if now.duration_since(self.last_inbound) >= silence_limit {
+            return Some(End::close(
+                close::HEARTBEAT_TIMEOUT,
+                "nothing received within the heartbeat bound",
+                false,
+            ));
         }
-        corked = None;
-        let draining = drain_deadline.is_some();
-        let can_read = !draining && in_flight.len() < config.max_in_flight_per_connection;
-        tokio::select! {
-            biased;
-            () = std::future::poll_fn(|cx| outbox.poll_wait(cx)) => {
-                if let Err(end) = Box::pin(write_out(outbox, config.write_timeout())).await {
-                    return end;
-                }
-            }
-            Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
-                outbox.push(answer);
-            }
-            () = std::future::poll_fn(|_| if hub.is_shutting_down() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }), if !draining => {
-                drain_deadline = Some(Box::pin(tokio::time::sleep(config.shutdown_timeout())));
-            }
-            // The socket's own reader slot, rather than `readable()`, which
-            // links and unlinks a waiter in a list on every turn.
-            ready = std::future::poll_fn(|cx| socket.poll_read_ready(cx)), if can_read => {
-                if ready.is_err() {
-                    return End::Failed;
-                }
-                // Frames are handled where they were read, in the thread's
-                // read buffer, until one has to wait (on the engine or on
-                // presence): that one and those behind it are copied to
-                // `incoming` and handled, in order, at the top of the loop.
-                let mut end = None;
-                let read = read_in_place(socket, parser, config.max_message_bytes, |message, more| {
-                    if more && corked.is_none() {
-                        corked = Some(outbox.cork());
-                    }
-                    if end.is_some() {
-                        return;
-                    }
-                    if !incoming.is_empty() || !answered_at_once(&message) {
-                        incoming.push(message.to_incoming());
-                        return;
-                    }
-                    match on_message(hub, handle, &mut caller, &mut limits, &mut in_flight, message) {
-                        Ok(None) => {}
-                        Ok(Some(ended)) => end = Some(ended),
-                        // Not reached (see `answered_at_once`); were it, the
-                        // frame would be handled again from a copy, its
-                        // request counted twice against the rate limit.
-                        Err(_) => incoming.push(message.to_incoming()),
-                    }
-                });
-                if let Some(end) = end {
-                    return end;
-                }
-                match read {
-                    Ok(Read::Data) => last_inbound = Instant::now(),
-                    Ok(Read::Nothing) => continue,
-                    Ok(Read::Eof) => return End::Failed,
-                    Err(ReadError::Io(e)) => {
-                        tracing::debug!(client = %handle.id(), error = %e, "read failed");
-                        return End::Failed;
-                    }
-                    Err(ReadError::Wire(e)) => return End::from_wire(e),
-                }
-            }
-            () = std::future::poll_fn(|cx| {
-                if heartbeat_armed && !heartbeat.is_elapsed() {
-                    return Poll::Pending;
-                }
-                let fired = heartbeat.as_mut().poll(cx);
-                heartbeat_armed = fired.is_pending();
-                fired
-            }) => {
-                let now = Instant::now();
-                let silence_limit = silence_limit(config);
-                if now.duration_since(last_inbound) >= silence_limit {
-                    return End::close(close::HEARTBEAT_TIMEOUT, "nothing received within the heartbeat bound", false);
-                }
-                if now >= next_ping {
-                    outbox.push(Frame::from(PING_FRAME));
-                    hub.stats.messages_out.ping.fetch_add(1, Ordering::Relaxed);
-                    next_ping = now + config.heartbeat_interval();
-                }
-                heartbeat.as_mut().reset(next_ping.min(last_inbound + silence_limit));
-                heartbeat_armed = false;
-            }
-            () = async {
-                match drain_deadline.as_mut() {
-                    Some(deadline) => deadline.as_mut().await,
-                    None => std::future::pending().await,
-                }
-            }, if draining => {
-                return End::close(close::SERVICE_RESTART, "server shutting down", true);
+        if now >= self.next_ping {
+            self.outbox().push(Frame::from(PING_FRAME));
+            self.hub
+                .stats
+                .messages_out
+                .ping
+                .fetch_add(1, Ordering::Relaxed);
+            self.next_ping = now + config.heartbeat_interval();
+        }
+        let next = self.next_ping.min(self.last_inbound + silence_limit);
+        self.set_heartbeat(heartbeat, next);
+        None
+    }
+
+    fn set_heartbeat(&mut self, heartbeat: Pin<&mut Sleep>, at: Instant) {
+        heartbeat.reset(at);
+        self.heartbeat_at = at;
+        self.heartbeat_armed = false;
+    }
+
+    /// Looks at what can wake the loop, in order (writes first, so that a
+    /// client that reads slowly is not fed faster than it reads), and
+    /// says which is ready; each source not ready holds this task's waker.
+    fn poll_wake(&mut self, heartbeat: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<Wake> {
+        let config = &self.hub.config;
+        let just_read = std::mem::take(&mut self.just_read);
+        if self.outbox().poll_wait(cx).is_ready() {
+            return Poll::Ready(Wake::Write);
+        }
+        if let Poll::Ready(Some(answer)) = self.in_flight.poll_next(cx) {
+            return Poll::Ready(Wake::Answer(answer));
+        }
+        let draining = self.draining;
+        if !draining && self.hub.is_shutting_down() {
+            return Poll::Ready(Wake::ShutdownStarted);
+        }
+        // The socket's own reader slot, rather than `readable()`, which
+        // links and unlinks a waiter in a list on every turn.
+        if !draining
+            && self.in_flight.len() < config.max_in_flight_per_connection
+            && let Poll::Ready(ready) = self.socket.poll_read_ready(cx)
+        {
+            return Poll::Ready(Wake::Readable(ready));
+        }
+        // A timer fires at its deadline or later, never earlier: read from
+        // the clock before it in this poll, the timer cannot have fired
+        // before that read; and should it fire since, it wakes this task,
+        // whose next poll looks at it.
+        let cannot_have_fired = just_read && self.last_inbound < self.heartbeat_at;
+        if !self.heartbeat_armed || (!cannot_have_fired && heartbeat.is_elapsed()) {
+            let fired = heartbeat.poll(cx);
+            self.heartbeat_armed = fired.is_pending();
+            if fired.is_ready() {
+                return Poll::Ready(Wake::Heartbeat);
             }
         }
-        if drain_deadline.is_some() && in_flight.is_empty() {
-            return End::close(close::SERVICE_RESTART, "server shutting down", true);
+        Poll::Pending
+    }
+
+    /// Reads what the socket has and handles it. Frames are handled where
+    /// they were read, in the thread's read buffer, until one has to wait
+    /// (on the engine or on presence): that one and those behind it are
+    /// copied to `incoming` and handled, in order, at the top of the loop.
+    /// Returns how the session ends, if it does.
+    fn read(&mut self) -> Option<End> {
+        let Session {
+            hub,
+            handle,
+            socket,
+            parser,
+            incoming,
+            in_flight,
+            caller,
+            last_inbound,
+            just_read,
+            corked,
+            limits,
+            ..
+        } = self;
+        let outbox = handle.outbox();
+        let max_message_bytes = hub.config.max_message_bytes;
+        let mut end = None;
+        let read = read_in_place(socket, parser, max_message_bytes, |message, more| {
+            if more && !*corked {
+                outbox.hold();
+                *corked = true;
+            }
+            if end.is_some() {
+                return;
+            }
+            if !incoming.is_empty() || !answered_at_once(&message) {
+                incoming.push(message.to_incoming());
+                return;
+            }
+            match on_message(hub, handle, caller, limits, in_flight, message) {
+                Ok(None) => {}
+                Ok(Some(ended)) => end = Some(ended),
+                // Not reached (see `answered_at_once`); were it, the
+                // frame would be handled again from a copy, its
+                // request counted twice against the rate limit.
+                Err(_) => incoming.push(message.to_incoming()),
+            }
+        });
+        if end.is_some() {
+            return end;
+        }
+        match read {
+            Ok(Read::Data) => {
+                *last_inbound = Instant::now();
+                *just_read = true;
+                None
+            }
+            Ok(Read::Nothing) => None,
+            Ok(Read::Eof) => Some(End::Failed),
+            Err(ReadError::Io(e)) => {
+                tracing::debug!(client = %handle.id(), error = %e, "read failed");
+                Some(End::Failed)
+            }
+            Err(ReadError::Wire(e)) => Some(End::from_wire(e)),
         }
     }
 }
@@ -333,7 +553,7 @@ fn on_message<'m>(
     };
     match frame {
         ClientFrame::Activity { id, active } => {
-            if !allow(&mut limits.requests) {
+            if !limits.requests.take(request_rate(&hub.config)) {
                 if let Some(id) = id {
                     outbox.push(rate_limited(hub, &id));
                 }
@@ -350,7 +570,7 @@ fn on_message<'m>(
             outbox.push(Frame::from(encode_pong(id.as_ref())));
         }
         ClientFrame::Request(request, received) => {
-            if !allow(&mut limits.requests) {
+            if !limits.requests.take(request_rate(&hub.config)) {
                 outbox.push(rate_limited(hub, request.id()));
                 return Ok(None);
             }
@@ -446,7 +666,7 @@ fn on_invalid(
         .invalid
         .fetch_add(1, Ordering::Relaxed);
     outbox.push(hub.error_frame(id, code, message));
-    if allow(&mut limits.invalid) {
+    if limits.invalid.take(invalid_frame_rate(&hub.config)) {
         None
     } else {
         Some(End::close(

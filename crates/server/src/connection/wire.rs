@@ -154,8 +154,9 @@ pub(crate) fn payload(frame: &[u8]) -> &[u8] {
 pub(crate) struct Parser {
     /// Bytes of a frame that has not fully arrived.
     partial: Vec<u8>,
-    /// The opcode and payload so far of a fragmented message.
-    fragments: Option<(u8, Vec<u8>)>,
+    /// The opcode and payload so far of a fragmented message. Boxed: few
+    /// clients fragment, and the parser lives in every connection's task.
+    fragments: Option<Box<(u8, Vec<u8>)>>,
 }
 
 impl Parser {
@@ -271,18 +272,19 @@ impl Parser {
                 if fin {
                     on_message(message(opcode, body)?, more);
                 } else {
-                    self.fragments = Some((opcode, body.to_vec()));
+                    self.fragments = Some(Box::new((opcode, body.to_vec())));
                 }
             }
             OP_CONTINUATION => {
-                let Some((_, so_far)) = self.fragments.as_mut() else {
+                let Some((_, so_far)) = self.fragments.as_deref_mut() else {
                     return Err(WireError::Protocol("continuation without a message"));
                 };
                 if so_far.len() + body.len() > max_message {
                     return Err(WireError::TooBig);
                 }
                 so_far.extend_from_slice(body);
-                if fin && let Some((opcode, whole)) = self.fragments.take() {
+                if fin && let Some(fragmented) = self.fragments.take() {
+                    let (opcode, whole) = *fragmented;
                     on_message(message(opcode, &whole)?, more);
                 }
             }
