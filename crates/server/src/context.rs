@@ -8,7 +8,7 @@ use std::sync::Arc;
 use pubsub_protocol::{MessageId, UserId};
 use serde::Serialize;
 
-use crate::connection::ClientInfo;
+use crate::connection::{ClientHandle, ClientInfo};
 use crate::engine::UserDelivery;
 use crate::handle::{SendError, ServerHandle};
 
@@ -17,14 +17,16 @@ use crate::handle::{SendError, ServerHandle};
 #[derive(Clone)]
 pub struct HandlerContext {
     server: ServerHandle,
-    client: Arc<ClientInfo>,
+    /// The sender's handle rather than a copy of its facts: taking it is
+    /// one count on a line the request has touched already.
+    client: Arc<ClientHandle>,
     message_id: MessageId,
 }
 
 impl HandlerContext {
     pub(crate) fn new(
         server: ServerHandle,
-        client: Arc<ClientInfo>,
+        client: Arc<ClientHandle>,
         message_id: MessageId,
     ) -> Self {
         Self {
@@ -36,12 +38,12 @@ impl HandlerContext {
 
     /// The client that sent the action.
     pub fn client(&self) -> &ClientInfo {
-        &self.client
+        self.client.info()
     }
 
     /// The sending client's user.
     pub fn user(&self) -> &UserId {
-        &self.client.user
+        self.client.user()
     }
 
     /// The id of the request being handled.
@@ -60,7 +62,7 @@ impl HandlerContext {
         action: &A,
     ) -> Result<UserDelivery, SendError> {
         self.server
-            .broadcast_to_user(&self.client.user, Some(&self.client.id), action)
+            .broadcast_to_user(self.client.user(), Some(self.client.id()), action)
             .await
     }
 
@@ -69,7 +71,7 @@ impl HandlerContext {
         &self,
         action: &A,
     ) -> Result<bool, SendError> {
-        self.server.send_to_client(&self.client.id, action).await
+        self.server.send_to_client(self.client.id(), action).await
     }
 }
 

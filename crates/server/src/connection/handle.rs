@@ -22,10 +22,14 @@ pub struct ClientInfo {
     pub node: String,
 }
 
-/// A local connection: its facts plus its outbound queue.
+/// A local connection: its outbound queue plus its facts. The outbox
+/// first (`repr(C)`), next to the reference counts, since every request
+/// touches both; the facts, inline rather than shared, cost no allocation
+/// of their own, and a handler's context holds the handle to reach them.
+#[repr(C)]
 pub struct ClientHandle {
-    info: Arc<ClientInfo>,
     outbox: Outbox,
+    info: ClientInfo,
 }
 
 impl ClientHandle {
@@ -35,16 +39,12 @@ impl ClientHandle {
         max_outbound_bytes: usize,
     ) -> Self {
         Self {
-            info: Arc::new(info),
             outbox: Outbox::new(socket, max_outbound_bytes),
+            info,
         }
     }
 
     pub fn info(&self) -> &ClientInfo {
-        &self.info
-    }
-
-    pub(crate) fn shared_info(&self) -> &Arc<ClientInfo> {
         &self.info
     }
 

@@ -209,11 +209,14 @@ impl Queue {
     }
 }
 
+/// In this order (`repr(C)`): what every request reads, the signal its
+/// task polls and the queue it answers through, first.
+#[repr(C)]
 pub(crate) struct Outbox {
-    socket: Arc<TcpStream>,
-    queue: Mutex<Queue>,
     /// Tells the connection task there is something to write or a kick.
     wake: Signal,
+    queue: Mutex<Queue>,
+    socket: Arc<TcpStream>,
     max_bytes: usize,
 }
 

@@ -178,9 +178,10 @@ pub(super) fn serve(
                 }
                 // One poll function for every source, rather than `select!`,
                 // whose branches' futures would be rebuilt in the task's state
-                // on every turn.
-                let wake =
-                    std::future::poll_fn(|cx| session.poll_wake(heartbeat.as_mut(), cx)).await;
+                // on every turn. The timer is handed on by the place that
+                // holds it, so that a turn which need not look at it does not
+                // load the reference kept there (a line of its own).
+                let wake = std::future::poll_fn(|cx| session.poll_wake(&mut heartbeat, cx)).await;
                 match wake {
                     Wake::Write => {
                         let write_timeout = session.hub.config.write_timeout();
@@ -368,7 +369,7 @@ impl Session {
     /// Looks at what can wake the loop, in order (writes first, so that a
     /// client that reads slowly is not fed faster than it reads), and
     /// says which is ready; each source not ready holds this task's waker.
-    fn poll_wake(&mut self, heartbeat: Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<Wake> {
+    fn poll_wake(&mut self, heartbeat: &mut Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<Wake> {
         let config = &self.hub.config;
         let just_read = std::mem::take(&mut self.just_read);
         if self.outbox().poll_wait(cx).is_ready() {
@@ -395,7 +396,7 @@ impl Session {
         // whose next poll looks at it.
         let cannot_have_fired = just_read && self.last_inbound < self.heartbeat_at;
         if !self.heartbeat_armed || (!cannot_have_fired && heartbeat.is_elapsed()) {
-            let fired = heartbeat.poll(cx);
+            let fired = heartbeat.as_mut().poll(cx);
             self.heartbeat_armed = fired.is_pending();
             if fired.is_ready() {
                 return Poll::Ready(Wake::Heartbeat);

@@ -253,11 +253,7 @@ impl Hub {
             ticket.settle(&frame, true);
             return Answer::Now(frame);
         };
-        let ctx = HandlerContext::new(
-            ServerHandle::new(self.clone()),
-            client.shared_info().clone(),
-            id,
-        );
+        let ctx = HandlerContext::new(ServerHandle::new(self.clone()), client.clone(), id);
         Answer::Call(HandlerCall::new(
             ticket,
             handler.call(ctx, action.to_owned()),
