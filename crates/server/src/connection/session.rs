@@ -1,6 +1,8 @@
-//! The loop of one connection: read and dispatch frames, answer in-flight
-//! handler calls, write what the socket did not take at once, keep the
-//! heartbeat, and drain on shutdown. Returns how the session ended.
+//! A registered connection's task: its state ([`Session`]) and its loop,
+//! which reads and dispatches frames, answers in-flight handler calls,
+//! writes what the socket did not take at once, keeps the heartbeat, and
+//! drains on shutdown, between registering the client and closing the
+//! connection (both in `mod.rs`).
 
 use std::pin::Pin;
 use std::sync::Arc;
