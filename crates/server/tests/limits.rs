@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use pubsub_server::{Rejection, ServerConfig, verify_fn};
+use pubsub_server::{EchoHandler, Rejection, ServerConfig, verify_fn};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
@@ -264,6 +264,91 @@ async fn a_silent_client_is_closed_by_the_heartbeat() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(alive.is_connected());
     assert_eq!(stats(&server).await["connections"]["heartbeatTimeout"], 1);
+}
+
+#[tokio::test]
+async fn a_client_that_never_pauses_still_gets_its_pings() {
+    let config = ServerConfig {
+        heartbeat_interval_ms: 100,
+        heartbeat_timeout_ms: 100,
+        max_requests_per_sec: 0,
+        ..test_config()
+    };
+    let server = TestServer::start_with(config, |b| b.handler(EchoHandler)).await;
+    let mut raw = Raw::connect(&server.url, "busy").await;
+    // Requests answered where they are read, 64 always in flight, so that
+    // the connection's task nearly always wakes to more to read: the turns
+    // on which it does not look at its heartbeat timer must not starve it.
+    let mut sent = 0u64;
+    let mut send = async |raw: &mut Raw| {
+        sent += 1;
+        let request =
+            format!(r#"{{"kind":"sendToServer","id":"b{sent}","action":{{"type":"X"}}}}"#);
+        raw.ws.feed(Message::text(request)).await.unwrap();
+    };
+    for _ in 0..64 {
+        send(&mut raw).await;
+    }
+    raw.ws.flush().await.unwrap();
+    let started = Instant::now();
+    let (mut pings, mut acks) = (0, 0);
+    while started.elapsed() < Duration::from_millis(800) {
+        let frame = tokio::time::timeout(WAIT, raw.ws.next()).await.unwrap();
+        let Some(Ok(Message::Text(text))) = frame else {
+            panic!("{frame:?}");
+        };
+        if text.starts_with(r#"{"kind":"ping""#) {
+            pings += 1;
+            continue;
+        }
+        assert!(text.starts_with(r#"{"kind":"ack""#), "{text}");
+        acks += 1;
+        send(&mut raw).await;
+        raw.ws.flush().await.unwrap();
+    }
+    assert!(acks > 1000, "{acks} acks");
+    // One ping per 100 ms: seven or eight in 800 ms, allowing for timers
+    // that fire late on a loaded machine.
+    assert!(pings >= 4, "{pings} pings among {acks} acks");
+}
+
+#[tokio::test]
+async fn a_client_that_floods_still_gets_its_pings() {
+    let config = ServerConfig {
+        heartbeat_interval_ms: 100,
+        heartbeat_timeout_ms: 100,
+        max_requests_per_sec: 0,
+        ..test_config()
+    };
+    let server = TestServer::start_with(config, |b| b.handler(EchoHandler)).await;
+    let raw = Raw::connect(&server.url, "flood").await;
+    let (mut tx, mut rx) = raw.ws.split();
+    // Requests sent as fast as the socket takes them, so that the server
+    // finds the socket readable on every turn; the answers are read (and
+    // dropped) as fast as they come. Before the heartbeat timer was polled
+    // outside the task's coop budget, this test failed (3 pings) in four of
+    // six runs of this whole file, though alone it passed.
+    let flood = tokio::spawn(async move {
+        for n in 0u64.. {
+            let request =
+                format!(r#"{{"kind":"sendToServer","id":"f{n}","action":{{"type":"X"}}}}"#);
+            if tx.feed(Message::text(request)).await.is_err()
+                || (n % 64 == 63 && tx.flush().await.is_err())
+            {
+                return;
+            }
+        }
+    });
+    let drain = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Counted where the server queues them: the answers ahead of them in
+    // the pipe are not what is under test.
+    let pings = stats(&server).await["messagesOut"]["ping"]
+        .as_u64()
+        .unwrap();
+    flood.abort();
+    drain.abort();
+    assert!(pings >= 4, "{pings} pings in 1 s");
 }
 
 #[tokio::test]

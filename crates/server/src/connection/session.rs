@@ -17,6 +17,7 @@ use pubsub_protocol::{
     ClientFrame, ErrorCode, MessageId, Received, Request, Sender, close, decode_client_frame,
 };
 use tokio::net::TcpStream;
+use tokio::task::coop::unconstrained;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
 
 use super::budget::{Rate, TokenBucket};
@@ -372,7 +373,6 @@ impl Session {
     /// client that reads slowly is not fed faster than it reads), and
     /// says which is ready; each source not ready holds this task's waker.
     fn poll_wake(&mut self, heartbeat: &mut Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<Wake> {
-        let config = &self.hub.config;
         let just_read = std::mem::take(&mut self.just_read);
         if self.outbox().poll_wait(cx).is_ready() {
             return Poll::Ready(Wake::Write);
@@ -384,27 +384,55 @@ impl Session {
         if !draining && self.hub.is_shutting_down() {
             return Poll::Ready(Wake::ShutdownStarted);
         }
+        // The socket comes before the heartbeat, except when the timer was
+        // just set (it registers this task on its first poll) or a read
+        // has found the clock past its deadline: a client that keeps the
+        // socket readable would otherwise never let the loop see its timer
+        // fire, nor be pinged.
+        if (!self.heartbeat_armed || self.last_inbound >= self.heartbeat_at)
+            && self.poll_heartbeat(heartbeat, cx).is_ready()
+        {
+            return Poll::Ready(Wake::Heartbeat);
+        }
         // The socket's own reader slot, rather than `readable()`, which
         // links and unlinks a waiter in a list on every turn.
         if !draining
-            && self.in_flight.len() < config.max_in_flight_per_connection
+            && self.in_flight.len() < self.hub.config.max_in_flight_per_connection
             && let Poll::Ready(ready) = self.socket.poll_read_ready(cx)
         {
             return Poll::Ready(Wake::Readable(ready));
         }
         // A timer fires at its deadline or later, never earlier: read from
-        // the clock before it in this poll, the timer cannot have fired
-        // before that read; and should it fire since, it wakes this task,
-        // whose next poll looks at it.
-        let cannot_have_fired = just_read && self.last_inbound < self.heartbeat_at;
-        if !self.heartbeat_armed || (!cannot_have_fired && heartbeat.is_elapsed()) {
-            let fired = heartbeat.as_mut().poll(cx);
-            self.heartbeat_armed = fired.is_pending();
-            if fired.is_ready() {
-                return Poll::Ready(Wake::Heartbeat);
-            }
+        // the clock before it in this poll of the task, the timer cannot
+        // have fired before that read; and should it fire since, it wakes
+        // this task, whose next poll looks at it. Decided on the session's
+        // own fields, before anything of the timer is read.
+        let cannot_have_fired =
+            self.heartbeat_armed && just_read && self.last_inbound < self.heartbeat_at;
+        if !cannot_have_fired && self.poll_heartbeat(heartbeat, cx).is_ready() {
+            return Poll::Ready(Wake::Heartbeat);
         }
         Poll::Pending
+    }
+
+    /// Whether the heartbeat timer fired.
+    fn poll_heartbeat(
+        &mut self,
+        heartbeat: &mut Pin<&mut Sleep>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        if self.heartbeat_armed && !heartbeat.is_elapsed() {
+            return Poll::Pending;
+        }
+        // Polled outside the task's coop budget. Under a client's flood of
+        // frames the socket is found not ready once reads have spent the
+        // budget, and a timer polled within it then never returns ready
+        // (its pings stopped: `a_client_that_floods_still_gets_its_pings`),
+        // nor, set anew, registers this task while `heartbeat_armed` says
+        // it did.
+        let fired = std::pin::pin!(unconstrained(heartbeat.as_mut())).poll(cx);
+        self.heartbeat_armed = fired.is_pending();
+        fired
     }
 
     /// Reads what the socket has and handles it. Frames are handled where
