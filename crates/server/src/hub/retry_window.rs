@@ -176,7 +176,9 @@ struct UserWindow {
     /// lookup is fine for the one in a thousand the filter lets through,
     /// not for a client resending a burst (or a bug resending forever).
     /// Built on a replay, dropped once the ring has turned over without one.
-    index: Option<HashTable<(u64, u64)>>,
+    /// Boxed, since it is rare: the window's lines that every request reads
+    /// hold only its pointer.
+    index: Option<Box<HashTable<(u64, u64)>>>,
     /// Outcomes remembered since the last replay, while `index` is kept.
     remembered_since_replay: usize,
     /// The hashes of the remembered outcomes' ids (and of some forgotten
@@ -308,7 +310,7 @@ impl UserWindow {
         if !self.may_hold(hash) {
             return None;
         }
-        let pos = match &self.index {
+        let pos = match self.index.as_deref() {
             Some(index) => index
                 .find(hash, |&(h, pos)| h == hash && self.holds(pos, id))
                 .map(|&(_, pos)| pos),
@@ -324,7 +326,7 @@ impl UserWindow {
             for (pos, e) in self.records().filter(|(_, e)| !e.released) {
                 index.insert_unique(e.hash, (e.hash, pos), |&(h, _)| h);
             }
-            self.index = Some(index);
+            self.index = Some(Box::new(index));
         }
         self.remembered_since_replay = 0;
         Some(pos)
@@ -383,7 +385,7 @@ impl UserWindow {
             self.filtered = true;
             self.rebuild_ids(self.count());
         }
-        if let Some(index) = &mut self.index {
+        if let Some(index) = self.index.as_deref_mut() {
             self.remembered_since_replay += 1;
             if self.remembered_since_replay > self.entries.len() {
                 self.index = None;
@@ -420,7 +422,7 @@ impl UserWindow {
         let Some(oldest) = self.entries.pop_front() else {
             return 0;
         };
-        if let Some(index) = &mut self.index {
+        if let Some(index) = self.index.as_deref_mut() {
             let pos = self.buffer_start;
             if let Ok(slot) = index.find_entry(oldest.hash, |&(_, p)| p == pos) {
                 slot.remove();
@@ -470,7 +472,7 @@ impl UserWindow {
         if let Some(entry) = self.entries.get_mut(at) {
             entry.released = true;
         }
-        if let Some(index) = &mut self.index
+        if let Some(index) = self.index.as_deref_mut()
             && let Ok(slot) = index.find_entry(hash, |&(_, p)| p == pos)
         {
             slot.remove();
@@ -515,7 +517,7 @@ impl UserWindow {
             } else {
                 self.ids = IdFilter::new();
             }
-            if let Some(index) = &mut self.index {
+            if let Some(index) = self.index.as_deref_mut() {
                 index.shrink_to_fit(|&(h, _)| h);
             }
         }

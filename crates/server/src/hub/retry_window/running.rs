@@ -30,12 +30,14 @@ pub(super) struct Running {
 #[repr(C)]
 pub(super) struct RunningRequests {
     first: Option<Running>,
-    others: HashTable<Running>,
+    /// Boxed: most users never have a second request running, and the
+    /// window's lines that every request reads should not hold its table.
+    others: Option<Box<HashTable<Running>>>,
 }
 
 impl RunningRequests {
     pub(super) fn is_empty(&self) -> bool {
-        self.first.is_none() && self.others.is_empty()
+        self.first.is_none() && self.others.as_ref().is_none_or(|others| others.is_empty())
     }
 
     /// Adds a request the caller found not running.
@@ -43,14 +45,18 @@ impl RunningRequests {
         if self.first.is_none() {
             self.first = Some(running);
         } else {
-            self.others.insert_unique(running.hash, running, |r| r.hash);
+            self.others.get_or_insert_with(Box::default).insert_unique(
+                running.hash,
+                running,
+                |r| r.hash,
+            );
         }
     }
 
     pub(super) fn find_mut(&mut self, hash: u64, id: &MessageId) -> Option<&mut Running> {
         match &mut self.first {
             Some(r) if r.hash == hash && r.id == *id => Some(r),
-            _ => self.others.find_mut(hash, |r| r.id == *id),
+            _ => self.others.as_mut()?.find_mut(hash, |r| r.id == *id),
         }
     }
 
@@ -63,6 +69,7 @@ impl RunningRequests {
             return self.first.take();
         }
         self.others
+            .as_mut()?
             .find_entry(hash, |r| r.id == *id)
             .ok()
             .map(|entry| entry.remove().0)
