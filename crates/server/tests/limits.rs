@@ -266,15 +266,21 @@ async fn a_silent_client_is_closed_by_the_heartbeat() {
     assert_eq!(stats(&server).await["connections"]["heartbeatTimeout"], 1);
 }
 
-#[tokio::test]
-async fn a_client_that_never_pauses_still_gets_its_pings() {
+/// A server that pings every 100 ms, answers `sendToServer` with the
+/// action, and takes requests as fast as they come.
+async fn busy_heartbeat_server() -> TestServer {
     let config = ServerConfig {
         heartbeat_interval_ms: 100,
         heartbeat_timeout_ms: 100,
         max_requests_per_sec: 0,
         ..test_config()
     };
-    let server = TestServer::start_with(config, |b| b.handler(EchoHandler)).await;
+    TestServer::start_with(config, |b| b.handler(EchoHandler)).await
+}
+
+#[tokio::test]
+async fn a_client_that_never_pauses_still_gets_its_pings() {
+    let server = busy_heartbeat_server().await;
     let mut raw = Raw::connect(&server.url, "busy").await;
     // Requests answered where they are read, 64 always in flight, so that
     // the connection's task nearly always wakes to more to read: the turns
@@ -314,13 +320,7 @@ async fn a_client_that_never_pauses_still_gets_its_pings() {
 
 #[tokio::test]
 async fn a_client_that_floods_still_gets_its_pings() {
-    let config = ServerConfig {
-        heartbeat_interval_ms: 100,
-        heartbeat_timeout_ms: 100,
-        max_requests_per_sec: 0,
-        ..test_config()
-    };
-    let server = TestServer::start_with(config, |b| b.handler(EchoHandler)).await;
+    let server = busy_heartbeat_server().await;
     let raw = Raw::connect(&server.url, "flood").await;
     let (mut tx, mut rx) = raw.ws.split();
     // Requests sent as fast as the socket takes them, so that the server
