@@ -175,10 +175,7 @@ pub(super) fn serve(
                     }
                     session.incoming.clear();
                 }
-                if session.corked {
-                    session.corked = false;
-                    session.outbox().uncork();
-                }
+                session.uncork();
                 // One poll function for every source, rather than `select!`,
                 // whose branches' futures would be rebuilt in the task's state
                 // on every turn. The timer is handed on by the place that
@@ -212,11 +209,7 @@ pub(super) fn serve(
                         }
                     }
                     Wake::Heartbeat if session.draining => {
-                        break 'session End::close(
-                            close::SERVICE_RESTART,
-                            "server shutting down",
-                            true,
-                        );
+                        break 'session End::drained();
                     }
                     Wake::Heartbeat => {
                         if let Some(end) = session.on_heartbeat(heartbeat.as_mut()) {
@@ -225,20 +218,13 @@ pub(super) fn serve(
                     }
                 }
                 if session.draining && session.in_flight.is_empty() {
-                    break 'session End::close(
-                        close::SERVICE_RESTART,
-                        "server shutting down",
-                        true,
-                    );
+                    break 'session End::drained();
                 }
             }
         };
-        if session.corked {
-            // Ended in the middle of a read's frames: nothing held back,
-            // the close frame is about to be written.
-            session.corked = false;
-            session.outbox().uncork();
-        }
+        // Ended in the middle of a read's frames: nothing held back, the
+        // close frame is about to be written.
+        session.uncork();
         super::detach(&session.hub, &session.handle).await;
         super::close(&session.hub, &session.handle, &session.socket, end).await;
     }
@@ -334,6 +320,14 @@ impl Session {
 
     fn outbox(&self) -> &Outbox {
         self.handle.outbox()
+    }
+
+    /// Ends the cork of a read's frames, writing what it held back.
+    fn uncork(&mut self) {
+        if self.corked {
+            self.corked = false;
+            self.outbox().uncork();
+        }
     }
 
     /// The heartbeat timer fired: closes a client silent past the bound,
@@ -709,6 +703,11 @@ fn on_invalid(
 }
 
 impl End {
+    /// Closes a connection drained for a shutdown: the client reconnects.
+    fn drained() -> Self {
+        End::close(close::SERVICE_RESTART, "server shutting down", true)
+    }
+
     pub(super) fn from_wire(error: WireError) -> Self {
         match error {
             WireError::TooBig => End::close(
