@@ -35,5 +35,22 @@ class Merge(unittest.TestCase):
                          [("pubsub", 212_800), ("sockudo", 55_100)])
 
 
+class Verdicts(unittest.TestCase):
+    def floor_line(self, ours_per_s, floor_per_s):
+        rpc = [rpc_result("pubsub", 100, ours_per_s, 0.6), rpc_result("echo", 100, floor_per_s, 0.55)]
+        report = bench.targets_report({"rpc": rpc})
+        return next(line for line in report.splitlines() if "bare echo floor" in line)
+
+    def test_a_ratio_just_under_its_goal_is_not_rounded_onto_it(self):
+        line = self.floor_line(233_629, 260_050)
+        self.assertIn("0.898×", line)
+        self.assertIn("**missed**", line)
+
+    def test_a_ratio_clear_of_its_goal_keeps_two_decimals(self):
+        line = self.floor_line(240_000, 260_000)
+        self.assertIn("0.92×", line)
+        self.assertIn("**met**", line)
+
+
 if __name__ == "__main__":
     unittest.main()
