@@ -107,7 +107,8 @@ pub(super) fn serve(
             // The interval and the silence limit are read from the config where
             // they are needed rather than kept: what lives across the loop's
             // awaits is in every connection's task, idle or not.
-            session.next_ping = session.last_inbound + session.hub.config.heartbeat_interval();
+            session.next_ping =
+                session.caller.received_at + session.hub.config.heartbeat_interval();
             session.heartbeat_at = session.next_ping;
             let heartbeat = sleep_until(session.next_ping);
             tokio::pin!(heartbeat);
@@ -251,7 +252,6 @@ pub(super) struct Session {
     caller: Caller,
     /// Frames read that wait their turn behind one that had to wait.
     incoming: Vec<Incoming>,
-    last_inbound: Instant,
     /// When the heartbeat timer is set to fire.
     heartbeat_at: Instant,
     /// Whether the outbox is corked while the frames of one read are
@@ -263,9 +263,10 @@ pub(super) struct Session {
     /// a request) would only cost its checks, and the lines of the task
     /// they read.
     heartbeat_armed: bool,
-    /// Whether `last_inbound` was read from the clock in this poll of the
-    /// task, with no wait since: then it says the timer has not fired yet
-    /// when it is before `heartbeat_at`, without a look at the timer.
+    /// Whether the last read's time (`caller.received_at`) was read from
+    /// the clock in this poll of the task, with no wait since: then it says
+    /// the timer has not fired yet when it is before `heartbeat_at`,
+    /// without a look at the timer.
     just_read: bool,
     /// Set once the server started shutting down: the heartbeat timer then
     /// says when to give up waiting for the handler calls still running.
@@ -307,7 +308,6 @@ impl Session {
             in_flight: InFlight::default(),
             caller,
             incoming: Vec::new(),
-            last_inbound: Instant::now(),
             corked: false,
             heartbeat_at: Instant::now(),
             heartbeat_armed: false,
@@ -336,7 +336,7 @@ impl Session {
         let config = &self.hub.config;
         let now = Instant::now();
         let silence_limit = silence_limit(config);
-        if now.duration_since(self.last_inbound) >= silence_limit {
+        if now.duration_since(self.caller.received_at) >= silence_limit {
             return Some(End::close(
                 close::HEARTBEAT_TIMEOUT,
                 "nothing received within the heartbeat bound",
@@ -352,7 +352,7 @@ impl Session {
                 .fetch_add(1, Ordering::Relaxed);
             self.next_ping = now + config.heartbeat_interval();
         }
-        let next = self.next_ping.min(self.last_inbound + silence_limit);
+        let next = self.next_ping.min(self.caller.received_at + silence_limit);
         self.set_heartbeat(heartbeat, next);
         None
     }
@@ -383,7 +383,7 @@ impl Session {
         // has found the clock past its deadline: a client that keeps the
         // socket readable would otherwise never let the loop see its timer
         // fire, nor be pinged.
-        if (!self.heartbeat_armed || self.last_inbound >= self.heartbeat_at)
+        if (!self.heartbeat_armed || self.caller.received_at >= self.heartbeat_at)
             && self.poll_heartbeat(heartbeat, cx).is_ready()
         {
             return Poll::Ready(Wake::Heartbeat);
@@ -402,7 +402,7 @@ impl Session {
         // this task, whose next poll looks at it. Decided on the session's
         // own fields, before anything of the timer is read.
         let cannot_have_fired =
-            self.heartbeat_armed && just_read && self.last_inbound < self.heartbeat_at;
+            self.heartbeat_armed && just_read && self.caller.received_at < self.heartbeat_at;
         if !cannot_have_fired && self.poll_heartbeat(heartbeat, cx).is_ready() {
             return Poll::Ready(Wake::Heartbeat);
         }
@@ -443,7 +443,6 @@ impl Session {
             incoming,
             in_flight,
             caller,
-            last_inbound,
             just_read,
             corked,
             limits,
@@ -452,7 +451,14 @@ impl Session {
         let outbox = handle.outbox();
         let max_message_bytes = hub.config.max_message_bytes;
         let mut end = None;
+        // The clock is read once per read, before its first frame is
+        // handled: that time is the requests' in the retry window too.
+        let mut stamped = false;
         let read = read_in_place(socket, parser, max_message_bytes, |message, more| {
+            if !stamped {
+                caller.received_at = Instant::now();
+                stamped = true;
+            }
             if more && !*corked {
                 outbox.hold();
                 *corked = true;
@@ -478,7 +484,9 @@ impl Session {
         }
         match read {
             Ok(Read::Data) => {
-                *last_inbound = Instant::now();
+                if !stamped {
+                    caller.received_at = Instant::now();
+                }
                 *just_read = true;
                 None
             }

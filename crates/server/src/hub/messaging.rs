@@ -72,6 +72,7 @@ impl Hub {
             &caller.sender.user,
             id,
             received.iter(),
+            caller.received_at,
         ) {
             Begin::New(ticket) => Ok(ticket),
             Begin::Replay(frame) => {

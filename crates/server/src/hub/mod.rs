@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use pubsub_protocol::server_frame::{ErrorParts, write_error};
 use pubsub_protocol::{ClientId, DecodeLimits, ErrorCode, MessageId, Sender};
+use tokio::time::Instant;
 use tokio_util::sync::{
     CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned,
 };
@@ -70,6 +71,11 @@ pub(crate) struct Hub {
 pub(crate) struct Caller {
     pub(crate) sender: Sender,
     retry_slot: UserSlot,
+    /// When the connection last read a frame. One clock read per read
+    /// serves both the session's silence check and the time of the
+    /// requests that read brought (their age in the retry window), instead
+    /// of one more per request.
+    pub(crate) received_at: Instant,
 }
 
 impl Caller {
@@ -77,6 +83,7 @@ impl Caller {
         Self {
             sender,
             retry_slot: UserSlot::default(),
+            received_at: Instant::now(),
         }
     }
 }

@@ -635,17 +635,17 @@ impl RetryWindow {
         });
     }
 
-    /// Begins the request `id` of `user`, after forgetting the outcomes of
-    /// `released` (the acks its client reports received, docs/protocol.md
-    /// 2.2.1).
+    /// Begins the request `id` of `user`, read at `now`, after forgetting
+    /// the outcomes of `released` (the acks its client reports received,
+    /// docs/protocol.md 2.2.1).
     pub(crate) fn begin<'i>(
         &self,
         slot: &mut UserSlot,
         user: &UserId,
         id: &MessageId,
         released: impl Iterator<Item = &'i str>,
+        now: Instant,
     ) -> Begin {
-        let now = Instant::now();
         let hash = self.0.hasher.hash(id);
         let mut w = self.lock_user(slot, user);
         // The clock is read, and counted from the window's creation, once
@@ -840,7 +840,13 @@ mod tests {
 
     /// Begins a request as a connection making its first one would.
     fn begin(w: &RetryWindow, user: &UserId, id: &MessageId) -> Begin {
-        w.begin(&mut UserSlot::default(), user, id, std::iter::empty())
+        w.begin(
+            &mut UserSlot::default(),
+            user,
+            id,
+            std::iter::empty(),
+            Instant::now(),
+        )
     }
 
     /// Runs a request the window has not seen and settles it with `frame`.
@@ -881,21 +887,21 @@ mod tests {
         let w = RetryWindow::new(Duration::from_secs(120), 1 << 20, 1 << 30);
         let (u, m) = ids("u", "m1");
         let (mut tab_a, mut tab_b) = (UserSlot::default(), UserSlot::default());
-        let Begin::New(t) = w.begin(&mut tab_a, &u, &m, std::iter::empty()) else {
+        let Begin::New(t) = w.begin(&mut tab_a, &u, &m, std::iter::empty(), Instant::now()) else {
             panic!()
         };
         t.settle(&Frame::from("ack"), true);
         assert!(
-            matches!(w.begin(&mut tab_b, &u, &m, std::iter::empty()), Begin::Replay(f) if f.as_str() == "ack")
+            matches!(w.begin(&mut tab_b, &u, &m, std::iter::empty(), Instant::now()), Begin::Replay(f) if f.as_str() == "ack")
         );
         // Both slots now hold the user's window; later outcomes show in both.
         let m2 = MessageId::new("m2").unwrap();
-        let Begin::New(t) = w.begin(&mut tab_b, &u, &m2, std::iter::empty()) else {
+        let Begin::New(t) = w.begin(&mut tab_b, &u, &m2, std::iter::empty(), Instant::now()) else {
             panic!()
         };
         t.settle(&Frame::from("ack2"), true);
         assert!(
-            matches!(w.begin(&mut tab_a, &u, &m2, std::iter::empty()), Begin::Replay(f) if f.as_str() == "ack2")
+            matches!(w.begin(&mut tab_a, &u, &m2, std::iter::empty(), Instant::now()), Begin::Replay(f) if f.as_str() == "ack2")
         );
     }
 
@@ -910,6 +916,7 @@ mod tests {
             &u,
             &MessageId::new("e").unwrap(),
             std::iter::empty(),
+            Instant::now(),
         ) else {
             panic!()
         };
@@ -918,7 +925,7 @@ mod tests {
         let m1 = MessageId::new("m1").unwrap();
         settle_new(&w, &u, &m1, &Frame::from("one"), true);
         assert!(
-            matches!(w.begin(&mut held, &u, &m1, std::iter::empty()), Begin::Replay(f) if f.as_str() == "one"),
+            matches!(w.begin(&mut held, &u, &m1, std::iter::empty(), Instant::now()), Begin::Replay(f) if f.as_str() == "one"),
             "the held slot must not keep using the window that left"
         );
         // The same after expiry: the sweep takes the emptied window out.
@@ -928,7 +935,7 @@ mod tests {
         let m2 = MessageId::new("m2").unwrap();
         settle_new(&w, &u, &m2, &Frame::from("two"), true);
         assert!(
-            matches!(w.begin(&mut held, &u, &m2, std::iter::empty()), Begin::Replay(f) if f.as_str() == "two")
+            matches!(w.begin(&mut held, &u, &m2, std::iter::empty(), Instant::now()), Begin::Replay(f) if f.as_str() == "two")
         );
         assert_eq!(w.users(), 1);
     }
@@ -1261,6 +1268,7 @@ mod tests {
                 &u,
                 &MessageId::new(&id).unwrap(),
                 std::iter::empty(),
+                Instant::now(),
             ) else {
                 panic!("{id} is new")
             };
@@ -1370,9 +1378,13 @@ mod tests {
                     for id in &released {
                         model.release(id);
                     }
-                    let Begin::New(t) =
-                        w.begin(&mut slot, &u, &m, released.iter().map(String::as_str))
-                    else {
+                    let Begin::New(t) = w.begin(
+                        &mut slot,
+                        &u,
+                        &m,
+                        released.iter().map(String::as_str),
+                        Instant::now(),
+                    ) else {
                         panic!("{id} is new")
                     };
                     t.settle(&Frame::from(frame.clone()), remember);
@@ -1403,7 +1415,7 @@ mod tests {
                     model.expire(Instant::now(), window);
                     let m = MessageId::new(id.clone()).unwrap();
                     match (
-                        w.begin(&mut slot, &u, &m, std::iter::empty()),
+                        w.begin(&mut slot, &u, &m, std::iter::empty(), Instant::now()),
                         model.find(&id),
                     ) {
                         (Begin::Replay(f), Some(expected)) => {
