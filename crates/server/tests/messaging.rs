@@ -337,6 +337,44 @@ async fn a_retried_message_id_is_delivered_once_and_gets_the_original_ack() {
     assert_eq!(stats(&server).await["retriesReplayed"], 1);
 }
 
+/// A request's age in the retry window counts from when its frame was read,
+/// not from an earlier read of the same connection: a connection quiet for
+/// most of the window still gets the whole window for what it sends next.
+#[tokio::test]
+async fn a_request_after_a_quiet_spell_keeps_its_whole_retry_window() {
+    let config = pubsub_server::ServerConfig {
+        retry_window_ms: 1_500,
+        ..test_config()
+    };
+    let server = TestServer::start_with(config, |b| b).await;
+    let mut sender = Raw::connect(&server.url, "A").await;
+    let receiver = server.client("B").await;
+    let mut rx = inbox(&receiver, "*");
+    // A first request makes the user's window, which counts its times from
+    // its creation: a later request dated too early would not be clamped.
+    sender
+        .send_json(
+            json!({"kind": "sendToUser", "id": "early-1", "to": "B", "action": {"type": "HI"}}),
+        )
+        .await;
+    sender.next().await;
+    assert_eq!(recv(&mut rx).await.action["type"], "HI");
+
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let frame = json!({"kind": "sendToUser", "id": "late-1", "to": "B", "action": {"type": "PAY"}});
+    sender.send_json(frame.clone()).await;
+    let first = sender.next().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut other_tab = Raw::connect(&server.url, "A").await;
+    other_tab.send_json(frame).await;
+    let second = other_tab.next().await;
+
+    assert_eq!(first, second, "the retry gets the original outcome");
+    assert_eq!(recv(&mut rx).await.action["type"], "PAY");
+    assert_silent(&mut rx).await;
+    assert_eq!(stats(&server).await["retriesReplayed"], 1);
+}
+
 #[tokio::test]
 async fn reported_acks_are_forgotten_and_the_window_stays_empty() {
     let calls = Arc::new(AtomicUsize::new(0));
