@@ -650,8 +650,9 @@ impl RetryWindow {
     ) -> Begin {
         let hash = self.0.hasher.hash(id);
         let mut w = self.lock_user(slot, user);
-        // The clock is read, and counted from the window's creation, once
-        // per request: for expiring here and for the outcome's time.
+        // The request's time (its read's, not a clock read of its own) is
+        // counted from the window's creation once per request: for
+        // expiring here and for the outcome's time.
         let began = w.nanos_since_created(now);
         let mut freed = w.expire_at(began, self.0.window);
         for id in released {
