@@ -414,6 +414,12 @@ impl Outbox {
         self.wake.raised().await;
     }
 
+    /// Whether the outbox signalled since the last look, lowering the
+    /// signal, without registering the task for the next one.
+    pub(crate) fn signalled(&self) -> bool {
+        self.wake.take()
+    }
+
     /// [`Outbox::wait`] for a loop that polls it itself.
     pub(crate) fn poll_wait(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         self.wake.poll_raised(cx)

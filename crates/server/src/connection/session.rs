@@ -368,7 +368,11 @@ impl Session {
     /// says which is ready; each source not ready holds this task's waker.
     fn poll_wake(&mut self, heartbeat: &mut Pin<&mut Sleep>, cx: &mut Context<'_>) -> Poll<Wake> {
         let just_read = std::mem::take(&mut self.just_read);
-        if self.outbox().poll_wait(cx).is_ready() {
+        // Only looked at here: the task registers with the outbox's signal
+        // last, once nothing else is ready. A turn that ends on the socket
+        // (every request's) would otherwise register it for nothing, which
+        // costs two atomic read-modify-writes.
+        if self.outbox().signalled() {
             return Poll::Ready(Wake::Write);
         }
         if let Poll::Ready(Some(answer)) = self.in_flight.poll_next(cx) {
@@ -405,6 +409,11 @@ impl Session {
             self.heartbeat_armed && just_read && self.caller.received_at < self.heartbeat_at;
         if !cannot_have_fired && self.poll_heartbeat(heartbeat, cx).is_ready() {
             return Poll::Ready(Wake::Heartbeat);
+        }
+        // A signal raised since the look above is seen here, and one raised
+        // after this registers wakes the task.
+        if self.outbox().poll_wait(cx).is_ready() {
+            return Poll::Ready(Wake::Write);
         }
         Poll::Pending
     }

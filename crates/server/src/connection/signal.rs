@@ -47,7 +47,9 @@ impl Signal {
         poll_fn(|cx| self.poll_raised(cx)).await;
     }
 
-    fn take(&self) -> bool {
+    /// Lowers the flag if it is up, without registering the task: for a
+    /// poll that may end ready on another source, and so need no wake-up.
+    pub(crate) fn take(&self) -> bool {
         // A load first: the flag is down on almost every check, and a
         // swap would write the line every time.
         self.raised.load(Ordering::Relaxed) && self.raised.swap(false, Ordering::Acquire)
