@@ -8,7 +8,8 @@
 //! - outbox.rs: a connection's own answers written directly, and the bounded
 //!   queue for deliveries and for what the socket did not take.
 //!   flusher.rs: write-behind for every delivery. signal.rs: how an outbox
-//!   wakes its connection's task.
+//!   wakes its connection's task. socket_calls.rs: the `recv` and `send`
+//!   system calls both make, without libc's cancellation points.
 //! - handle.rs: what engines hold. budget.rs: token buckets.
 
 #[cfg(test)]
@@ -20,6 +21,7 @@ mod outbox;
 mod reader;
 mod session;
 mod signal;
+mod socket_calls;
 mod wire;
 
 use std::borrow::Cow;

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use pubsub_protocol::close;
-use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::signal::Signal;
+use super::socket_calls;
 use super::wire;
 
 /// A complete WebSocket frame (header and payload), shared by every recipient
@@ -238,14 +238,6 @@ const EAGER_WRITE_BYTES: usize = 32 * 1024;
 /// Most frames handed to one vectored write.
 const MAX_IOV: usize = 64;
 
-/// A peer that went away makes `sendmsg` fail with `EPIPE` instead of
-/// raising `SIGPIPE`, whatever the embedding program does with signals
-/// (`send` through std sets the same flag).
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const SEND_FLAGS: std::ffi::c_int = libc::MSG_NOSIGNAL;
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-const SEND_FLAGS: std::ffi::c_int = 0;
-
 impl Outbox {
     pub(crate) fn new(socket: Arc<TcpStream>, max_bytes: usize) -> Self {
         Self {
@@ -271,6 +263,13 @@ impl Outbox {
         self.push_outgoing(frame)
     }
 
+    /// One `send` of `bytes`, as `TcpStream::try_write` would make it.
+    fn try_send(&self, bytes: &[u8]) -> io::Result<usize> {
+        self.socket.try_io(Interest::WRITABLE, || {
+            socket_calls::send(&self.socket, bytes)
+        })
+    }
+
     fn push_outgoing(&self, frame: impl Outgoing) -> bool {
         let mut q = self.queue.lock();
         if q.kicked.is_some() {
@@ -279,7 +278,7 @@ impl Outbox {
         if q.frames.is_empty() && !q.held && !q.corked {
             // The fast path, under the lock so frames never interleave.
             let bytes = frame.as_bytes();
-            let written = match self.socket.try_write(bytes) {
+            let written = match self.try_send(bytes) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(_) => {
@@ -480,7 +479,7 @@ impl Outbox {
             // Writing two frames to each of 2,000 sockets, `sendmsg` took
             // ~6% less time per call than `writev`.
             let result = if count == 1 {
-                self.socket.try_write(&q.frames[0].bytes()[offset..])
+                self.try_send(&q.frames[0].bytes()[offset..])
             } else {
                 let mut slices = [IoSlice::new(&[]); MAX_IOV];
                 for (i, (slot, frame)) in slices.iter_mut().zip(&q.frames).enumerate() {
@@ -491,8 +490,7 @@ impl Outbox {
                     });
                 }
                 self.socket.try_io(Interest::WRITABLE, || {
-                    SockRef::from(&*self.socket)
-                        .send_vectored_with_flags(&slices[..count], SEND_FLAGS)
+                    socket_calls::send_vectored(&self.socket, &slices[..count])
                 })
             };
             let written = match result {

@@ -4,11 +4,12 @@
 //! by the connection's parser.
 
 use std::cell::RefCell;
-use std::io::{self, Read as _};
+use std::io;
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::socket_calls;
 use super::wire::{Incoming, Message, Parser, WireError};
 
 /// Bytes read per system call at most.
@@ -71,12 +72,11 @@ pub(crate) fn read_in_place(
         let mut got = 0usize;
         // A short read means the kernel had nothing more: report WouldBlock to
         // try_io so tokio clears the readiness now, instead of costing a second
-        // read system call that would only say so. Read through a plain
-        // socket reference: `try_read` would run a second `try_io` of its
-        // own inside this one.
-        let plain = socket2::SockRef::from(socket);
+        // read system call that would only say so. The system call itself,
+        // not `try_read`, which would run a second `try_io` of its own
+        // inside this one.
         let result = socket.try_io(Interest::READABLE, || {
-            let n = (&*plain).read(buffer)?;
+            let n = socket_calls::recv(socket, buffer)?;
             got = n;
             if n > 0 && n < buffer.len() {
                 Err(io::ErrorKind::WouldBlock.into())
