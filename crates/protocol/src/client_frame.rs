@@ -14,7 +14,7 @@ use crate::action::{ActionError, ActionRef};
 use crate::codes::ErrorCode;
 use crate::ids::{MessageId, Topic, UserId};
 use crate::received::{self, Received, ReceivedText};
-use crate::scan::{plain_json_string, skip_ws};
+use crate::scan::{plain_id_string, plain_json_string, skip_ws};
 use crate::validate::{self, TypeMember};
 
 /// Names of the client frame kinds.
@@ -190,6 +190,9 @@ struct Envelope<'a> {
     /// Set by [`Envelope::scan`]: `kind`, `id` and `topic` are strings with
     /// nothing to unescape, so their contents are the text inside the quotes.
     plain_strings: bool,
+    /// Set by [`Envelope::scan`]: `id` is a plain id
+    /// ([`plain_id_string`]), valid as it stands.
+    plain_id: bool,
 }
 
 impl<'a> Envelope<'a> {
@@ -233,6 +236,7 @@ impl<'a> Envelope<'a> {
                 plain: false,
             }),
             plain_strings: false,
+            plain_id: false,
         })
     }
 
@@ -273,8 +277,17 @@ impl<'a> Envelope<'a> {
                 i = skip_ws(b, i + 1);
                 let rest = text.get(i..)?;
                 let len = match member {
-                    Some(Member::Kind) => fill(&mut env.kind, plain_json_string(rest)?)?,
-                    Some(Member::Id) => fill(&mut env.id, plain_json_string(rest)?)?,
+                    Some(Member::Kind) => fill(
+                        &mut env.kind,
+                        known_kind(rest).or_else(|| plain_json_string(rest))?,
+                    )?,
+                    Some(Member::Id) => match plain_id_string(rest) {
+                        Some(id) => {
+                            env.plain_id = true;
+                            fill(&mut env.id, id)?
+                        }
+                        None => fill(&mut env.id, plain_json_string(rest)?)?,
+                    },
                     Some(Member::Topic) => fill(&mut env.topic, plain_json_string(rest)?)?,
                     Some(Member::Echo) => fill(&mut env.echo, json_bool(rest)?)?,
                     Some(Member::Active) => fill(&mut env.active, json_bool(rest)?)?,
@@ -332,6 +345,29 @@ fn known_key(rest: &str) -> Option<(Member, usize)> {
         b'u' => name(b"\"users\"", Member::Users),
         _ => None,
     }
+}
+
+/// The quoted name of a kind at the start of `rest`, if it is one of the
+/// kinds clients send: compared where it is written, as [`known_key`]
+/// does, instead of scanned as a string of unknown length.
+fn known_kind(rest: &str) -> Option<&str> {
+    let b = rest.as_bytes();
+    let name = |quoted: &'static str| b.starts_with(quoted.as_bytes()).then_some(quoted);
+    let quoted = match b.get(1)? {
+        b's' => name("\"sendToServer\"").or_else(|| name("\"sendToUser\"")),
+        b'b' => name("\"broadcast\""),
+        b'p' => name("\"publish\"")
+            .or_else(|| name("\"presence\""))
+            .or_else(|| name("\"ping\""))
+            .or_else(|| name("\"pong\"")),
+        b'a' => name("\"activity\""),
+        b'j' => name("\"join\""),
+        b'l' => name("\"leave\""),
+        b'w' => name("\"watch\""),
+        b'u' => name("\"unwatch\""),
+        _ => None,
+    }?;
+    rest.get(..quoted.len())
 }
 
 /// The text of a member's value, as it is stored.
@@ -480,6 +516,7 @@ pub fn decode_client_frame<'a>(
         None => None,
         // Most ids are plain strings: validate them in place. Anything else
         // (escapes, wrong type, invalid) takes serde's path and its message.
+        Some(raw) if env.plain_id => Some(MessageId::from_plain(&raw[1..raw.len() - 1])),
         Some(raw) => Some(match env.plain(raw).and_then(|s| MessageId::new(s).ok()) {
             Some(id) => id,
             None => serde_json::from_str::<MessageId>(raw).map_err(|e| {
@@ -811,6 +848,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_kind_is_known_by_its_quoted_name_and_only_by_it() {
+        for name in [
+            kind::BROADCAST,
+            kind::SEND_TO_USER,
+            kind::SEND_TO_SERVER,
+            kind::PUBLISH,
+            kind::JOIN,
+            kind::LEAVE,
+            kind::ACTIVITY,
+            kind::PRESENCE,
+            kind::WATCH,
+            kind::UNWATCH,
+            kind::PING,
+            kind::PONG,
+        ] {
+            let quoted = format!("\"{name}\"");
+            assert_eq!(
+                known_kind(&format!("{quoted},\"id\":1")),
+                Some(quoted.as_str())
+            );
+            // Cut short or run on, it is some other string.
+            assert_eq!(known_kind(&format!("\"{name}x\"")), None, "{name}");
+            assert_eq!(known_kind(&quoted[..quoted.len() - 2]), None, "{name}");
+        }
+        assert_eq!(known_kind("\"send\\u0054oServer\""), None);
+    }
+
     /// Plain strings are read in place, escaped ones through serde: both
     /// must mean the same, and invalid ids must fail the same way.
     #[test]
@@ -823,12 +888,19 @@ mod tests {
         assert!(
             matches!(f, ClientFrame::Request(Request::SendToServer { id, .. }, _) if id.as_str() == "m-1")
         );
+        let longest = "a".repeat(crate::ids::MAX_ID_BYTES);
+        let frame = format!(r#"{{"kind":"ping","id":"{longest}"}}"#);
+        let f = decode_client_frame(&frame, &limits());
+        assert!(matches!(f, Ok(ClientFrame::Ping { id: Some(id) }) if id.as_str() == longest));
         let long = "a".repeat(crate::ids::MAX_ID_BYTES + 1);
         for bad_id in [
             format!(r#""{long}""#),
             String::from(r#""""#),
             String::from(r#""a\u0001""#),
             String::from("7"),
+            // Control characters JSON does not make one escape: DEL and C1.
+            String::from("\"a\u{7f}\""),
+            String::from("\"a\u{85}\""),
         ] {
             let frame = format!(r#"{{"kind":"ping","id":{bad_id}}}"#);
             let e = decode_client_frame(&frame, &limits()).unwrap_err();

@@ -162,6 +162,15 @@ id_type!(
     accepts_integers = false
 );
 
+impl MessageId {
+    /// An id whose text the frame's scan found plain
+    /// ([`crate::scan::plain_id_string`]), which [`validate`] accepts.
+    pub(crate) fn from_plain(id: &str) -> Self {
+        debug_assert!(validate(id).is_ok(), "{id:?}");
+        Self(SmolStr::from(id))
+    }
+}
+
 /// Longest topic name, in bytes.
 pub const MAX_TOPIC_BYTES: usize = 200;
 

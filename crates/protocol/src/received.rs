@@ -11,7 +11,7 @@
 use crate::client_frame::FrameError;
 use crate::codes::ErrorCode;
 use crate::ids::{self, MessageId};
-use crate::scan::{first_escape, plain_json_string, skip_ws};
+use crate::scan::{first_escape, plain_id_string, plain_json_string, skip_ws};
 
 /// Most ids one frame may report.
 pub const MAX_RECEIVED: usize = 64;
@@ -56,8 +56,15 @@ pub(crate) fn plain_list(rest: &str) -> Option<&str> {
         return Some(&rest[..=i]);
     }
     for _ in 0..MAX_RECEIVED {
-        let quoted = plain_json_string(rest.get(i..)?)?;
-        ids::validate(&quoted[1..quoted.len() - 1]).ok()?;
+        let at = rest.get(i..)?;
+        let quoted = match plain_id_string(at) {
+            Some(quoted) => quoted,
+            None => {
+                let quoted = plain_json_string(at)?;
+                ids::validate(&quoted[1..quoted.len() - 1]).ok()?;
+                quoted
+            }
+        };
         i = skip_ws(b, i + quoted.len());
         match *b.get(i)? {
             b',' => i = skip_ws(b, i + 1),

@@ -2,6 +2,8 @@
 //! top-level members (client_frame.rs), the validating walk (validate.rs)
 //! and the frame writers (server_frame.rs).
 
+use crate::ids::MAX_ID_BYTES;
+
 /// The index of the first byte at or after `i` that is not JSON whitespace.
 pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while b
@@ -19,11 +21,29 @@ pub(crate) fn needs_no_escape(c: u8) -> bool {
     c >= 0x20 && c != b'"' && c != b'\\'
 }
 
+/// Whether a byte stands for itself inside a JSON string and is printable
+/// ASCII (0x20 to 0x7e, neither `"` nor `\`): what a plain id is made of.
+pub(crate) fn plain_ascii(c: u8) -> bool {
+    needs_no_escape(c) && c < 0x7f
+}
+
 /// The index of the first byte of `b` that does not stand for itself in a
 /// JSON string (see [`needs_no_escape`]). Eight bytes at a time: ids, kinds
 /// and types are scanned in every frame, and a byte loop spent more
 /// instructions on them than any other part of decoding a request.
 pub(crate) fn first_escape(b: &[u8]) -> Option<usize> {
+    first_stop::<false>(b)
+}
+
+/// The index of the first byte of `b` that is not [`plain_ascii`]: the
+/// same walk as [`first_escape`], which also stops at DEL and at every byte
+/// of a multi-byte character, so that an id it runs through needs no other
+/// check for control characters.
+pub(crate) fn first_not_plain_ascii(b: &[u8]) -> Option<usize> {
+    first_stop::<true>(b)
+}
+
+fn first_stop<const ASCII_ONLY: bool>(b: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut chunks = b.chunks_exact(8);
@@ -37,18 +57,31 @@ pub(crate) fn first_escape(b: &[u8]) -> Option<usize> {
         // The high bit of each byte below 0x20 or equal to `"` or `\`. A
         // borrow can also set it in a byte above a match, never below one,
         // so the lowest bit set is the first match.
-        let found = ((x.wrapping_sub(ONES * 0x20) & !x)
+        let mut found = (x.wrapping_sub(ONES * 0x20) & !x)
             | (quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash))
-            & HIGH;
+            | (backslash.wrapping_sub(ONES) & !backslash);
+        if ASCII_ONLY {
+            // And of each byte from 0x80 (its own) and of DEL (plus one). A
+            // carry leaves only a byte of 0xff, which is a match itself.
+            found |= x | x.wrapping_add(ONES);
+        }
+        found &= HIGH;
         if found != 0 {
             return Some(at + (found.trailing_zeros() / 8) as usize);
         }
         at += 8;
     }
-    let tail = chunks.remainder();
-    tail.iter()
-        .position(|&c| !needs_no_escape(c))
+    let stops = |c: u8| {
+        if ASCII_ONLY {
+            !plain_ascii(c)
+        } else {
+            !needs_no_escape(c)
+        }
+    };
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| stops(c))
         .map(|i| at + i)
 }
 
@@ -63,12 +96,35 @@ pub(crate) fn plain_json_string(rest: &str) -> Option<&str> {
     (b[end] == b'"').then(|| &rest[..=end])
 }
 
+/// The JSON string at the start of `rest`, quotes included, if it is a
+/// plain id: 1 to [`MAX_ID_BYTES`] bytes of printable ASCII with nothing to
+/// unescape. Such an id is valid as it stands (`ids::validate` accepts
+/// it), so one walk checks both the string and the id.
+pub(crate) fn plain_id_string(rest: &str) -> Option<&str> {
+    let b = rest.as_bytes();
+    if *b.first()? != b'"' {
+        return None;
+    }
+    let end = 1 + first_not_plain_ascii(b.get(1..)?)?;
+    (b[end] == b'"' && (2..=MAX_ID_BYTES + 1).contains(&end)).then(|| &rest[..=end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn bytewise(b: &[u8]) -> Option<usize> {
         b.iter().position(|&c| !needs_no_escape(c))
+    }
+
+    fn bytewise_ascii(b: &[u8]) -> Option<usize> {
+        b.iter().position(|&c| !plain_ascii(c))
+    }
+
+    /// Both word scans against their byte loops.
+    fn check(v: &[u8]) {
+        assert_eq!(first_escape(v), bytewise(v), "{v:?}");
+        assert_eq!(first_not_plain_ascii(v), bytewise_ascii(v), "{v:?}");
     }
 
     #[test]
@@ -78,7 +134,7 @@ mod tests {
         // several matches in one word (a borrow must not hide the first).
         let fine: &[u8] = b"a Z~\x7f";
         let fine_utf8 = "é€😀".as_bytes();
-        let special = [b'"', b'\\', 0x00, 0x1f, b'\n'];
+        let special = [b'"', b'\\', 0x00, 0x1f, b'\n', 0x7f, 0x80, 0xff, 0xc3];
         for len in 0..40 {
             for at in 0..=len {
                 for &c in &special {
@@ -86,15 +142,15 @@ mod tests {
                     if at < len {
                         v[at] = c;
                     }
-                    assert_eq!(first_escape(&v), bytewise(&v), "{v:?}");
+                    check(&v);
                     if at + 1 < len {
                         v[at + 1] = 0x00;
-                        assert_eq!(first_escape(&v), bytewise(&v), "{v:?}");
+                        check(&v);
                     }
                 }
             }
             let v: Vec<u8> = fine_utf8.iter().cycle().take(len).copied().collect();
-            assert_eq!(first_escape(&v), bytewise(&v), "{v:?}");
+            check(&v);
         }
         // Pseudo-random bytes, biased towards the ones that matter.
         let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -114,7 +170,27 @@ mod tests {
                     }
                 })
                 .collect();
-            assert_eq!(first_escape(&v), bytewise(&v), "{v:?}");
+            check(&v);
+        }
+    }
+
+    #[test]
+    fn plain_ids_are_what_ids_validate_accepts_among_plain_strings() {
+        let max = "x".repeat(MAX_ID_BYTES);
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        for inner in [
+            "a", "c12-345", "~ !#", &max, &long, "", "é", "a\u{7f}", "a\\n", "a\u{85}",
+        ] {
+            let quoted = format!("\"{inner}\"");
+            let rest = format!("{quoted},\"x\":1}}");
+            let expected = plain_json_string(&rest).is_some()
+                && crate::ids::validate(inner).is_ok()
+                && inner.is_ascii();
+            assert_eq!(
+                plain_id_string(&rest),
+                expected.then_some(quoted.as_str()),
+                "{inner:?}"
+            );
         }
     }
 }
