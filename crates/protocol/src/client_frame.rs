@@ -329,6 +329,10 @@ enum Member {
 /// The member whose quoted name starts `rest`, and that name's length
 /// (quotes included). The closing quote ends the key, so a match is that
 /// name exactly: a few compared bytes instead of a string scan per key.
+/// Inlined into the scan: as a call, four a request, its frame cost about
+/// what its compares do (callgrind: 40 fewer instructions per rpc round
+/// trip inlined).
+#[inline(always)]
 fn known_key(rest: &str) -> Option<(Member, usize)> {
     // Literal names, each compared where it is written: through a table,
     // the comparisons became calls to `bcmp` that cost what the scan did.
