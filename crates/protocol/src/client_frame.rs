@@ -233,7 +233,7 @@ impl<'a> Envelope<'a> {
             active: env.active.map(RawValue::get),
             received: env.received.map(|raw| ReceivedText {
                 json: raw.get(),
-                plain: false,
+                plain: None,
             }),
             plain_strings: false,
             plain_id: false,
@@ -441,10 +441,13 @@ fn action_value(rest: &str) -> Option<ActionText<'_>> {
 /// in full, anything else only as JSON (and by serde later).
 fn received_value(rest: &str) -> Option<ReceivedText<'_>> {
     Some(match received::plain_list(rest) {
-        Some(json) => ReceivedText { json, plain: true },
+        Some(list) => ReceivedText {
+            json: list.text,
+            plain: Some(list.ids),
+        },
         None => ReceivedText {
             json: not_null(one_value(rest)?)?,
-            plain: false,
+            plain: None,
         },
     })
 }
@@ -1177,7 +1180,9 @@ mod tests {
         };
         let scanned =
             r#"{"kind":"sendToServer","id":"m-3","action":{"type":"t"},"received":["m-1","m-2"]}"#;
-        assert!(Envelope::scan(scanned).is_some_and(|e| e.received.is_some_and(|r| r.plain)));
+        assert!(
+            Envelope::scan(scanned).is_some_and(|e| e.received.is_some_and(|r| r.plain.is_some()))
+        );
         assert_eq!(received(scanned), ["m-1", "m-2"]);
         // An escaped key sends the whole frame to serde.
         let via_serde = r#"{"kind":"sendToServer","id":"m-3","action":{"type":"t"},"\u0072eceived":["m-1","m\u002d2"]}"#;

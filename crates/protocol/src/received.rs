@@ -24,9 +24,9 @@ pub struct Received<'a>(Ids<'a>);
 enum Ids<'a> {
     #[default]
     None,
-    /// The one id of a plain list written without whitespace, `["…"]`, as
-    /// clients write it: most requests report one ack, and this spares
-    /// walking the list again for it.
+    /// The one id of a plain list, as the list's check found it: most
+    /// requests report one ack, and this spares walking the list again
+    /// for it.
     One(&'a str),
     /// A JSON array of at most [`MAX_RECEIVED`] strings, each a valid id with
     /// nothing to unescape (checked when decoded).
@@ -34,27 +34,46 @@ enum Ids<'a> {
     Owned(Vec<MessageId>),
 }
 
-/// The JSON text of a frame's `received` member, and whether the frame's
-/// scan already found it a short list of plain ids ([`plain_list`]).
+/// The JSON text of a frame's `received` member, and what the frame's scan
+/// found of it if it is a short list of plain ids ([`plain_list`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ReceivedText<'a> {
     pub(crate) json: &'a str,
-    pub(crate) plain: bool,
+    pub(crate) plain: Option<PlainIds<'a>>,
+}
+
+/// How many ids a plain list holds, and the one when it holds one (as most
+/// requests' lists do: the ack before).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PlainIds<'a> {
+    Empty,
+    One(&'a str),
+    Several,
+}
+
+/// A list as clients send it ([`plain_list`]).
+pub(crate) struct PlainList<'a> {
+    /// Its text, brackets included.
+    pub(crate) text: &'a str,
+    pub(crate) ids: PlainIds<'a>,
 }
 
 /// The list at the start of `rest` if it is what clients send: at most
-/// [`MAX_RECEIVED`] strings, each a valid id with nothing to unescape. Its
-/// text, brackets included; `None` for anything else, which serde then
-/// decides.
-pub(crate) fn plain_list(rest: &str) -> Option<&str> {
+/// [`MAX_RECEIVED`] strings, each a valid id with nothing to unescape.
+/// `None` for anything else, which serde then decides.
+pub(crate) fn plain_list(rest: &str) -> Option<PlainList<'_>> {
     let b = rest.as_bytes();
     if *b.first()? != b'[' {
         return None;
     }
     let mut i = skip_ws(b, 1);
     if *b.get(i)? == b']' {
-        return Some(&rest[..=i]);
+        return Some(PlainList {
+            text: &rest[..=i],
+            ids: PlainIds::Empty,
+        });
     }
+    let mut first = None;
     for _ in 0..MAX_RECEIVED {
         let at = rest.get(i..)?;
         let quoted = match plain_id_string(at) {
@@ -66,21 +85,26 @@ pub(crate) fn plain_list(rest: &str) -> Option<&str> {
             }
         };
         i = skip_ws(b, i + quoted.len());
+        let this = &quoted[1..quoted.len() - 1];
         match *b.get(i)? {
-            b',' => i = skip_ws(b, i + 1),
-            b']' => return Some(&rest[..=i]),
+            b',' => {
+                first.get_or_insert(this);
+                i = skip_ws(b, i + 1);
+            }
+            b']' => {
+                return Some(PlainList {
+                    text: &rest[..=i],
+                    ids: if first.is_none() {
+                        PlainIds::One(this)
+                    } else {
+                        PlainIds::Several
+                    },
+                });
+            }
             _ => return None,
         }
     }
     None
-}
-
-/// The id of a plain list (checked by [`plain_list`]) that is exactly
-/// `["…"]`: its ids hold no quote, so a list with none between its first
-/// and last two bytes has one id and no whitespace.
-fn only_id(plain: &str) -> Option<&str> {
-    let id = plain.strip_prefix("[\"")?.strip_suffix("\"]")?;
-    (!id.is_empty() && !id.as_bytes().contains(&b'"')).then_some(id)
 }
 
 impl<'a> Received<'a> {
@@ -92,13 +116,12 @@ impl<'a> Received<'a> {
         let Some(ReceivedText { json: raw, plain }) = raw else {
             return Ok(Self::default());
         };
-        if plain || plain_list(raw).is_some() {
-            return Ok(Self(if let Some(id) = only_id(raw) {
-                Ids::One(id)
-            } else if raw[1..].trim_start().starts_with(']') {
-                Ids::None
-            } else {
-                Ids::Plain(raw)
+        // serde's path found the text, not the list: look at it here.
+        if let Some(plain) = plain.or_else(|| plain_list(raw).map(|list| list.ids)) {
+            return Ok(Self(match plain {
+                PlainIds::Empty => Ids::None,
+                PlainIds::One(id) => Ids::One(id),
+                PlainIds::Several => Ids::Plain(raw),
             }));
         }
         match serde_json::from_str::<Vec<MessageId>>(raw) {
@@ -177,7 +200,9 @@ mod tests {
 
     fn decoded(raw: &str) -> Result<Vec<String>, FrameError> {
         let id = MessageId::new("r").unwrap();
-        let plain = plain_list(raw).is_some_and(|text| text.len() == raw.len());
+        let plain = plain_list(raw)
+            .filter(|list| list.text.len() == raw.len())
+            .map(|list| list.ids);
         let text = ReceivedText { json: raw, plain };
         Received::decode(Some(text), &id).map(|r| r.iter().map(str::to_owned).collect())
     }
