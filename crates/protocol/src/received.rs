@@ -73,7 +73,7 @@ pub(crate) fn plain_list(rest: &str) -> Option<PlainList<'_>> {
             ids: PlainIds::Empty,
         });
     }
-    let mut first = None;
+    let mut several = false;
     for _ in 0..MAX_RECEIVED {
         let at = rest.get(i..)?;
         let quoted = match plain_id_string(at) {
@@ -85,19 +85,18 @@ pub(crate) fn plain_list(rest: &str) -> Option<PlainList<'_>> {
             }
         };
         i = skip_ws(b, i + quoted.len());
-        let this = &quoted[1..quoted.len() - 1];
         match *b.get(i)? {
             b',' => {
-                first.get_or_insert(this);
+                several = true;
                 i = skip_ws(b, i + 1);
             }
             b']' => {
                 return Some(PlainList {
                     text: &rest[..=i],
-                    ids: if first.is_none() {
-                        PlainIds::One(this)
-                    } else {
+                    ids: if several {
                         PlainIds::Several
+                    } else {
+                        PlainIds::One(&quoted[1..quoted.len() - 1])
                     },
                 });
             }
