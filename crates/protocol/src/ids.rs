@@ -17,6 +17,8 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use smol_str::SmolStr;
 
+use crate::scan::printable_ascii;
+
 /// Longest user id or message id accepted, in bytes of UTF-8.
 pub const MAX_ID_BYTES: usize = 128;
 
@@ -40,33 +42,14 @@ pub(crate) fn validate(s: &str) -> Result<(), IdError> {
     if s.len() > MAX_ID_BYTES {
         return Err(IdError::TooLong);
     }
-    // Most ids are printable ASCII: check bytes, and decode only the rest
-    // (C1 controls, U+0080–U+009F, are multi-byte in UTF-8).
+    // Most ids are printable ASCII: check bytes eight at a time (every
+    // request's id used to be checked here, and a byte loop cost more than
+    // the rest of making the id), and decode only the rest (C1 controls,
+    // U+0080–U+009F, are multi-byte in UTF-8).
     if !printable_ascii(s.as_bytes()) && s.chars().any(char::is_control) {
         return Err(IdError::ControlCharacter);
     }
     Ok(())
-}
-
-/// Whether every byte is printable ASCII (0x20 to 0x7e), eight at a time:
-/// every request's id is checked, and a byte loop cost more than the rest
-/// of making the id.
-fn printable_ascii(b: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = b.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
-        // The high bit of a byte below 0x20 (less 0x20, it borrows), of a
-        // non-ASCII byte (its own), and of 0x7f (plus one). A borrow or a
-        // carry reaches another byte only from a byte that fails itself.
-        if ((x.wrapping_sub(ONES * 0x20) & !x) | x | x.wrapping_add(ONES)) & HIGH != 0 {
-            return false;
-        }
-    }
-    chunks.remainder().iter().all(|c| (0x20..0x7f).contains(c))
 }
 
 macro_rules! id_type {

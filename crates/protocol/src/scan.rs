@@ -32,7 +32,7 @@ pub(crate) fn plain_ascii(c: u8) -> bool {
 /// and types are scanned in every frame, and a byte loop spent more
 /// instructions on them than any other part of decoding a request.
 pub(crate) fn first_escape(b: &[u8]) -> Option<usize> {
-    first_stop::<false>(b)
+    first_stop::<true, false>(b)
 }
 
 /// The index of the first byte of `b` that is not [`plain_ascii`]: the
@@ -40,10 +40,18 @@ pub(crate) fn first_escape(b: &[u8]) -> Option<usize> {
 /// of a multi-byte character, so that an id it runs through needs no other
 /// check for control characters.
 pub(crate) fn first_not_plain_ascii(b: &[u8]) -> Option<usize> {
-    first_stop::<true>(b)
+    first_stop::<true, true>(b)
 }
 
-fn first_stop<const ASCII_ONLY: bool>(b: &[u8]) -> Option<usize> {
+/// Whether every byte of `b` is printable ASCII (0x20 to 0x7e), quotes and
+/// backslashes included: the ids' control-character check.
+pub(crate) fn printable_ascii(b: &[u8]) -> bool {
+    first_stop::<false, true>(b).is_none()
+}
+
+/// The first byte below 0x20, or equal to `"` or `\` (`QUOTES`), or from
+/// 0x7f up (`NON_ASCII`).
+fn first_stop<const QUOTES: bool, const NON_ASCII: bool>(b: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut chunks = b.chunks_exact(8);
@@ -52,17 +60,19 @@ fn first_stop<const ASCII_ONLY: bool>(b: &[u8]) -> Option<usize> {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
         let x = u64::from_le_bytes(word);
-        let quote = x ^ (ONES * u64::from(b'"'));
-        let backslash = x ^ (ONES * u64::from(b'\\'));
-        // The high bit of each byte below 0x20 or equal to `"` or `\`. A
-        // borrow can also set it in a byte above a match, never below one,
-        // so the lowest bit set is the first match.
-        let mut found = (x.wrapping_sub(ONES * 0x20) & !x)
-            | (quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash);
-        if ASCII_ONLY {
-            // And of each byte from 0x80 (its own) and of DEL (plus one). A
-            // carry leaves only a byte of 0xff, which is a match itself.
+        // The high bit of each byte that stops the walk. A borrow (from a
+        // byte below 0x20 or equal to a quote or backslash) or a carry
+        // (from a byte of 0xff) can also set it in the byte above one that
+        // stops, never below: the lowest bit set is the first stop.
+        let mut found = x.wrapping_sub(ONES * 0x20) & !x;
+        if QUOTES {
+            let quote = x ^ (ONES * u64::from(b'"'));
+            let backslash = x ^ (ONES * u64::from(b'\\'));
+            found |=
+                (quote.wrapping_sub(ONES) & !quote) | (backslash.wrapping_sub(ONES) & !backslash);
+        }
+        if NON_ASCII {
+            // A byte from 0x80 by its own high bit, DEL by adding one.
             found |= x | x.wrapping_add(ONES);
         }
         found &= HIGH;
@@ -71,12 +81,10 @@ fn first_stop<const ASCII_ONLY: bool>(b: &[u8]) -> Option<usize> {
         }
         at += 8;
     }
-    let stops = |c: u8| {
-        if ASCII_ONLY {
-            !plain_ascii(c)
-        } else {
-            !needs_no_escape(c)
-        }
+    let stops = |c: u8| match (QUOTES, NON_ASCII) {
+        (true, false) => !needs_no_escape(c),
+        (true, true) => !plain_ascii(c),
+        (false, _) => c < 0x20 || (NON_ASCII && c >= 0x7f),
     };
     chunks
         .remainder()
@@ -121,10 +129,12 @@ mod tests {
         b.iter().position(|&c| !plain_ascii(c))
     }
 
-    /// Both word scans against their byte loops.
+    /// The word scans against their byte loops.
     fn check(v: &[u8]) {
         assert_eq!(first_escape(v), bytewise(v), "{v:?}");
         assert_eq!(first_not_plain_ascii(v), bytewise_ascii(v), "{v:?}");
+        let printable = v.iter().all(|c| (0x20..0x7f).contains(c));
+        assert_eq!(printable_ascii(v), printable, "{v:?}");
     }
 
     #[test]
