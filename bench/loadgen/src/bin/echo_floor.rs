@@ -6,7 +6,7 @@
 //! the process may use) instead of one thread. `ECHO_FLOOR_WORK_NS=N` makes
 //! it busy-wait N ns per message before answering: a floor with a chosen
 //! per-message cost, to tell what follows from a server's cost alone from
-//! what follows from how it orders its work (docs/benchmarks.md, "rpc").
+//! what follows from how it orders its work (docs/benchmarks-history.md, "rpc").
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
