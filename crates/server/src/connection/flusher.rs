@@ -40,38 +40,42 @@ thread_local! {
 /// Lists `client`, whose outbox just went from empty to holding frames, for
 /// the current thread's flusher.
 pub(crate) fn schedule(client: &Arc<ClientHandle>) {
-    let Some(flusher) = current() else {
+    let listed = with_current(|flusher| {
+        let first = {
+            let mut dirty = flusher.dirty.lock();
+            dirty.push_back(client.clone());
+            dirty.len() == 1
+        };
+        if first {
+            flusher.wake.notify_one();
+        }
+    });
+    if listed.is_none() {
         // Outside a runtime there is no task to hand the write to.
         client.outbox().write_queued();
-        return;
-    };
-    let first = {
-        let mut dirty = flusher.dirty.lock();
-        dirty.push_back(client.clone());
-        dirty.len() == 1
-    };
-    if first {
-        flusher.wake.notify_one();
     }
 }
 
-fn current() -> Option<Arc<Flusher>> {
+/// Runs `f` on this thread's flusher, starting one if there is none (or
+/// its task is gone); `None` outside a runtime. Lent rather than cloned: a
+/// fan-out schedules thousands of members per publication.
+fn with_current<R>(f: impl FnOnce(&Flusher) -> R) -> Option<R> {
     FLUSHER.with(|slot| {
         let mut slot = slot.borrow_mut();
-        if let Some(flusher) = slot.as_ref()
-            && flusher.alive.load(Ordering::Acquire)
+        if !slot
+            .as_ref()
+            .is_some_and(|flusher| flusher.alive.load(Ordering::Acquire))
         {
-            return Some(flusher.clone());
+            let runtime = tokio::runtime::Handle::try_current().ok()?;
+            let flusher = Arc::new(Flusher {
+                dirty: Mutex::new(VecDeque::new()),
+                wake: Notify::new(),
+                alive: AtomicBool::new(true),
+            });
+            runtime.spawn(run(flusher.clone()));
+            *slot = Some(flusher);
         }
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let flusher = Arc::new(Flusher {
-            dirty: Mutex::new(VecDeque::new()),
-            wake: Notify::new(),
-            alive: AtomicBool::new(true),
-        });
-        runtime.spawn(run(flusher.clone()));
-        *slot = Some(flusher.clone());
-        Some(flusher)
+        slot.as_deref().map(f)
     })
 }
 
