@@ -127,7 +127,7 @@ impl ServerBuilder {
         };
         let hub = Arc::new(Hub::new(HubParts {
             config: self.config,
-            node,
+            node: node.into(),
             engine: self.engine.unwrap_or_else(|| Arc::new(MemoryEngine::new())),
             handler: self.handler,
             auth,
@@ -288,6 +288,9 @@ fn worker(hub: Arc<Hub>, router: axum::Router, listener: std::net::TcpListener) 
         }
     };
     runtime.block_on(async move {
+        // Before any connection: the connections made here have this
+        // thread's flusher as their home (connection/flusher.rs).
+        crate::connection::start_flusher();
         let listener = match TcpListener::from_std(listener) {
             Ok(listener) => listener,
             Err(e) => {

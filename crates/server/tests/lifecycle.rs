@@ -268,6 +268,49 @@ async fn the_server_drops_closed_clients_from_its_tables() {
 }
 
 #[tokio::test]
+async fn a_large_topic_served_by_two_threads_gets_every_publication_in_order() {
+    let server = pubsub_server::Server::builder()
+        .config(test_config())
+        .authenticator(pubsub_server::DevAuth)
+        .build()
+        .unwrap();
+    let running = server
+        .bind_threads("127.0.0.1:0".parse().unwrap(), 2)
+        .await
+        .unwrap();
+    let url = format!("ws://{}", running.local_addr());
+    // More members than a flusher writes per turn: each publication is a
+    // sweep that the thread it arrives on shares with the other one.
+    let mut members = Vec::new();
+    for i in 0..300 {
+        let member = Client::connect(client_config(&url, &format!("m{i}")))
+            .await
+            .unwrap();
+        member.join("big").await.unwrap();
+        members.push(member);
+    }
+    let mut inboxes: Vec<_> = members.iter().map(|m| inbox(m, "N")).collect();
+    let publisher = Client::connect(client_config(&url, "publisher"))
+        .await
+        .unwrap();
+    let publications = 20;
+    for n in 0..publications {
+        // Acknowledged before its sweep is written: the sweeps overlap.
+        publisher
+            .publish("big", &json!({"type": "N", "n": n}), false)
+            .await
+            .unwrap();
+    }
+    for rx in &mut inboxes {
+        for n in 0..publications {
+            assert_eq!(recv(rx).await.action["n"], n);
+        }
+    }
+    let report = running.shutdown().await;
+    assert!(report.clean, "{report:?}");
+}
+
+#[tokio::test]
 async fn thread_per_core_serving_reaches_every_connection_and_shuts_down() {
     let server = pubsub_server::Server::builder()
         .config(test_config())

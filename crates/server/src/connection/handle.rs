@@ -7,6 +7,7 @@ use std::sync::Arc;
 use pubsub_protocol::{ClientId, UserId};
 use serde::Serialize;
 
+use super::flusher::Home;
 use super::outbox::{Frame, Kick, Outbox};
 
 /// Facts about a connected client, as shown to handlers and in read views.
@@ -18,8 +19,9 @@ pub struct ClientInfo {
     pub remote_addr: SocketAddr,
     /// Milliseconds since the Unix epoch.
     pub connected_at: u64,
-    /// The node the client is connected to.
-    pub node: String,
+    /// The node the client is connected to (one string shared by all of
+    /// the node's clients).
+    pub node: Arc<str>,
 }
 
 /// A local connection: its outbound queue plus its facts. The outbox
@@ -29,6 +31,9 @@ pub struct ClientInfo {
 #[repr(C)]
 pub struct ClientHandle {
     outbox: Outbox,
+    /// The flusher of the thread the connection runs on (`None` if it was
+    /// made outside a runtime).
+    home: Option<Home>,
     info: ClientInfo,
 }
 
@@ -40,6 +45,7 @@ impl ClientHandle {
     ) -> Self {
         Self {
             outbox: Outbox::new(socket, max_outbound_bytes),
+            home: Home::current(),
             info,
         }
     }
@@ -100,6 +106,10 @@ impl ClientHandle {
 
     pub(crate) fn outbox(&self) -> &Outbox {
         &self.outbox
+    }
+
+    pub(crate) fn home(&self) -> Option<&Home> {
+        self.home.as_ref()
     }
 }
 

@@ -38,6 +38,7 @@ use tokio::time::timeout;
 use crate::auth::Identity;
 use crate::hub::{HookEvent, Hub};
 use crate::stats::now_ms;
+pub(crate) use flusher::start_here as start_flusher;
 pub use handle::{ClientHandle, ClientInfo};
 pub(crate) use outbox::Outbox;
 pub use outbox::{Frame, Kick};
@@ -166,7 +167,7 @@ fn welcome(hub: &Hub, handle: &ClientHandle, presence: Presence) {
             protocol: PROTOCOL_VERSION,
             client: handle.id().clone(),
             user: handle.user().clone(),
-            node: hub.node.clone(),
+            node: hub.node.to_string(),
             heartbeat_ms: config.heartbeat_interval_ms,
             heartbeat_timeout_ms: config.heartbeat_timeout_ms,
             limits: config.wire_limits(),

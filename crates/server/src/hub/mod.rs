@@ -38,7 +38,7 @@ use retry_window::UserSlot;
 
 pub(crate) struct Hub {
     pub(crate) config: ServerConfig,
-    pub(crate) node: String,
+    pub(crate) node: Arc<str>,
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) handler: Option<Arc<dyn DynHandler>>,
     pub(crate) auth: Arc<dyn Authenticator>,
@@ -90,7 +90,7 @@ impl Caller {
 
 pub(crate) struct HubParts {
     pub(crate) config: ServerConfig,
-    pub(crate) node: String,
+    pub(crate) node: Arc<str>,
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) handler: Option<Arc<dyn DynHandler>>,
     pub(crate) auth: Arc<dyn Authenticator>,
