@@ -942,6 +942,10 @@ def do_workload(env, args, workload, quiet=False):
         ps = [{"subs": args.subs or 10000, "rate": r, "duration": d, "pad": args.pad or None,
                "broadcast": args.broadcast}
               for r in csv(args.rate or "100000,200000,400000,600000,800000,1000000,1200000,1500000,2000000,2500000")]
+        if args.read_between:
+            # Only when set: saved rows are matched by their parameters.
+            for p in ps:
+                p["read-between"] = True
     elif workload == "dm":
         targets = targets or ["pubsub", "ws", "socketio", "nats", "centrifuge"]
         ps = [{"users": args.users or 3000, "tabs": 3, "rate": r, "duration": d, "single": args.single}
@@ -1215,6 +1219,9 @@ def main():
     ap.add_argument("--subs", type=int)
     ap.add_argument("--pad", type=int)
     ap.add_argument("--broadcast", action="store_true", help="PubSub fan-out via broadcast to one user's tabs")
+    ap.add_argument("--read-between", action="store_true",
+                    help="fanout: the generator reads only halfway between publications, idle while the server "
+                         "writes one out; read the `p99 at arrival` column")
     ap.add_argument("--users", type=int)
     ap.add_argument("--single", action="store_true", help="dm: PubSub single sendToUser naming both users")
     ap.add_argument("--held", type=int)

@@ -147,6 +147,12 @@ pub enum Workload {
         /// PubSub only: fan out with `broadcast` to the tabs of one user instead of a topic.
         #[arg(long)]
         broadcast: bool,
+        /// Read the members only halfway between publications, so that the
+        /// generator's core is idle while the server writes a publication
+        /// out. A read then waits up to one publication's interval: time
+        /// deliveries by their kernel arrival stamps (`p99 at arrival`).
+        #[arg(long)]
+        read_between: bool,
     },
     /// Direct messages: each user sends to a random user; every tab of the
     /// recipient and the sender's other tabs receive it.

@@ -87,9 +87,18 @@ impl Receiver {
     }
 }
 
+/// When to read, for a run that keeps the generator off the server's core
+/// time while it writes a publication out (`fanout --read-between`): from
+/// `first_us` (wall clock) on, every `every_us`, everything ready is read.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSchedule {
+    pub first_us: f64,
+    pub every_us: f64,
+}
+
 /// Takes over `sessions` and reads them until the drain ends, counting
 /// into this thread's statistics. Their sockets leave tokio's reactor here.
-pub async fn run(sessions: Vec<Session>, go: Go) -> io::Result<()> {
+pub async fn run(sessions: Vec<Session>, go: Go, schedule: Option<ReadSchedule>) -> io::Result<()> {
     let mut receivers = Vec::with_capacity(sessions.len());
     for s in sessions {
         let (stream, reader, target, replies, closed) = s.into_parts();
@@ -101,10 +110,14 @@ pub async fn run(sessions: Vec<Session>, go: Go) -> io::Result<()> {
             closed,
         });
     }
-    read_until_drained(receivers, go).await
+    read_until_drained(receivers, go, schedule).await
 }
 
-async fn read_until_drained(mut receivers: Vec<Receiver>, go: Go) -> io::Result<()> {
+async fn read_until_drained(
+    mut receivers: Vec<Receiver>,
+    go: Go,
+    schedule: Option<ReadSchedule>,
+) -> io::Result<()> {
     let poll = Poll::new()?;
     for (i, r) in receivers.iter_mut().enumerate() {
         // Sockets already readable are reported by the first poll:
@@ -114,6 +127,11 @@ async fn read_until_drained(mut receivers: Vec<Receiver>, go: Go) -> io::Result<
         if r.reader.has_pending() {
             r.read(&go, true);
         }
+    }
+    if let Some(schedule) = schedule {
+        // Not through tokio: its reactor would wake the thread as the set's
+        // readiness changes, while the server writes.
+        return read_on_schedule(receivers, go, schedule, poll).await;
     }
     // `with_interest` is deprecated because a type could hand tokio a
     // descriptor it later closes or swaps; its replacement is an `unsafe fn`
@@ -131,27 +149,11 @@ async fn read_until_drained(mut receivers: Vec<Receiver>, go: Go) -> io::Result<
             () = &mut deadline => return Ok(()),
             ready = poll.readable_mut() => ready?,
         };
-        match ready
-            .get_inner_mut()
-            .poll(&mut events, Some(Duration::ZERO))
-        {
-            Ok(()) => {}
+        let handled = match read_ready(&mut receivers, &go, ready.get_inner_mut(), &mut events) {
+            Ok(handled) => handled,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
-        }
-        let mut handled = 0;
-        for event in events.iter() {
-            handled += 1;
-            let Some(r) = receivers.get_mut(event.token().0) else {
-                continue;
-            };
-            if !r.closed {
-                r.read(&go, false);
-                if r.closed {
-                    let _ = ready.get_inner().registry().deregister(&mut r.stream);
-                }
-            }
-        }
+        };
         if handled < BATCH {
             // The set is drained: wait for its next edge.
             ready.clear_ready();
@@ -161,6 +163,65 @@ async fn read_until_drained(mut receivers: Vec<Receiver>, go: Go) -> io::Result<
             tokio::task::yield_now().await;
         }
     }
+}
+
+/// Reads nothing between the scheduled times; at each, everything ready,
+/// batch by batch. The epoll set is polled without waiting, so no read
+/// starts before its time because data arrived.
+async fn read_on_schedule(
+    mut receivers: Vec<Receiver>,
+    go: Go,
+    schedule: ReadSchedule,
+    mut poll: Poll,
+) -> io::Result<()> {
+    let mut events = Events::with_capacity(BATCH);
+    let deadline = sleep_until(at(go.drain_end));
+    tokio::pin!(deadline);
+    let mut next = schedule.first_us;
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut deadline => return Ok(()),
+            () = sleep_until(at(next as u64)) => {}
+        }
+        loop {
+            match read_ready(&mut receivers, &go, &mut poll, &mut events) {
+                Ok(handled) if handled < BATCH => break,
+                Ok(_) => tokio::task::yield_now().await,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let now = now_us() as f64;
+        while next <= now {
+            next += schedule.every_us;
+        }
+    }
+}
+
+/// Reads the connections of up to one batch of readiness events; returns
+/// how many events there were.
+fn read_ready(
+    receivers: &mut [Receiver],
+    go: &Go,
+    poll: &mut Poll,
+    events: &mut Events,
+) -> io::Result<usize> {
+    poll.poll(events, Some(Duration::ZERO))?;
+    let mut handled = 0;
+    for event in events.iter() {
+        handled += 1;
+        let Some(r) = receivers.get_mut(event.token().0) else {
+            continue;
+        };
+        if !r.closed {
+            r.read(go, false);
+            if r.closed {
+                let _ = poll.registry().deregister(&mut r.stream);
+            }
+        }
+    }
+    Ok(handled)
 }
 
 #[cfg(test)]
@@ -229,7 +290,7 @@ mod tests {
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(read_until_drained(receivers, go))?;
+            runtime.block_on(read_until_drained(receivers, go, None))?;
             Ok::<_, io::Error>(stats::STATS.with(|s| std::mem::take(&mut *s.borrow_mut())))
         });
         std::thread::sleep(Duration::from_millis(50));
@@ -258,5 +319,53 @@ mod tests {
         assert!(counted.arrival_hist.max() <= counted.hist.max());
         assert_eq!(counted.closed_early, 1);
         assert!(now_us() >= go.drain_end, "read until the drain ended");
+    }
+
+    #[test]
+    fn on_a_schedule_nothing_is_read_between_the_scheduled_times() {
+        let _on = crate::ws::stamps_on();
+        let now = now_us();
+        let go = Go {
+            go_at: now,
+            start: now,
+            end: now + 500_000,
+            drain_end: now + 600_000,
+            split: u64::MAX,
+        };
+        // One read, 200 ms from now; the next would be long after the drain.
+        let schedule = ReadSchedule {
+            first_us: (now + 200_000) as f64,
+            every_us: 10e6,
+        };
+        let (receivers, mut peers): (Vec<_>, Vec<_>) = (0..3).map(|_| pair()).unzip();
+        for p in &mut peers {
+            p.write_all(&delivery()).unwrap();
+        }
+        let thread = std::thread::spawn(move || {
+            stats::set_window(go.start, go.end);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(read_until_drained(receivers, go, Some(schedule)))?;
+            Ok::<_, io::Error>(stats::STATS.with(|s| std::mem::take(&mut *s.borrow_mut())))
+        });
+        // After the one read: nobody reads this.
+        std::thread::sleep(Duration::from_millis(350));
+        peers[0].write_all(&delivery()).unwrap();
+
+        let counted = thread.join().unwrap().unwrap();
+        assert_eq!(counted.errors, 0, "{:?}", counted.first_error);
+        assert_eq!(counted.received, 3, "what was there at the scheduled read");
+        assert!(
+            counted.hist.min() >= 190_000,
+            "read at the scheduled time, not before: {} µs",
+            counted.hist.min()
+        );
+        assert!(
+            counted.arrival_hist.max() < 100_000,
+            "timed to arrival: {} µs",
+            counted.arrival_hist.max()
+        );
     }
 }

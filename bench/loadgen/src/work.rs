@@ -522,8 +522,24 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
     go_tx.send(Some(go)).ok();
     let receivers = ctl.receivers.take();
     if !receivers.is_empty() {
+        let schedule = match &w {
+            Workload::Fanout {
+                subs,
+                rate,
+                read_between: true,
+                ..
+            } => {
+                // Publishers are phased evenly: one publication per interval.
+                let every_us = 1e6 * *subs as f64 / rate;
+                Some(crate::receivers::ReadSchedule {
+                    first_us: go.go_at as f64 + every_us / 2.0,
+                    every_us,
+                })
+            }
+            _ => None,
+        };
         tokio::task::spawn_local(async move {
-            if let Err(e) = crate::receivers::run(receivers, go).await {
+            if let Err(e) = crate::receivers::run(receivers, go, schedule).await {
                 stats::error(|| format!("receive-only connections: {e}"));
             }
         });
