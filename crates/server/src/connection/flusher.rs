@@ -93,7 +93,10 @@ impl Flusher {
         // The task ended while the clients were listed, after it wrote out
         // what it held: nobody else will write them.
         if !self.alive.load(Ordering::Acquire) {
-            write_all(std::mem::take(&mut *self.dirty.lock()));
+            // Taken in a statement of its own: the lock is not held while
+            // writing.
+            let left = std::mem::take(&mut *self.dirty.lock());
+            write_all(left);
         }
     }
 }
@@ -184,7 +187,8 @@ impl Drop for Alive {
             HOMES.fetch_sub(1, Ordering::Relaxed);
         }
         // Whatever is still listed is written now rather than stranded.
-        write_all(std::mem::take(&mut *flusher.dirty.lock()));
+        let left = std::mem::take(&mut *flusher.dirty.lock());
+        write_all(left);
     }
 }
 
@@ -224,7 +228,8 @@ async fn run(alive: Alive) {
 
 /// Hands the clients in `fresh` whose connections run on other threads to
 /// those threads' flushers, one list operation (and at most one wake-up)
-/// per thread, and moves the rest to `here`.
+/// per thread, and moves the rest to `here`. `away` keeps, from one call to
+/// the next, each other thread's flusher met so far with an emptied list.
 fn share(
     flusher: &Arc<Flusher>,
     fresh: &mut Listed,
@@ -249,11 +254,10 @@ fn share(
         }
     }
     for (home, clients) in away.iter_mut() {
-        if !home.list_all(clients) {
+        if !clients.is_empty() && !home.list_all(clients) {
             here.extend(clients.drain(..));
         }
     }
-    away.clear();
 }
 
 #[cfg(test)]
