@@ -244,6 +244,25 @@ mod tests {
         server_frame(format!(r#"{{"type":"e","t":{}}}"#, now_us()).as_bytes())
     }
 
+    /// Runs the receive loop on a thread of its own, as a generator process
+    /// does, and returns what it counted.
+    fn read_on_a_thread(
+        receivers: Vec<Receiver>,
+        go: Go,
+        schedule: Option<ReadSchedule>,
+    ) -> std::thread::JoinHandle<io::Result<stats::Stats>> {
+        std::thread::spawn(move || {
+            // The generator's process sets its window before the run starts.
+            stats::set_window(go.start, go.end);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(read_until_drained(receivers, go, schedule))?;
+            Ok(stats::STATS.with(|s| std::mem::take(&mut *s.borrow_mut())))
+        })
+    }
+
     /// A PubSub receiver on one end of a loopback connection, and the other end.
     fn pair() -> (Receiver, StdStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -283,16 +302,7 @@ mod tests {
         for p in &mut peers[1..] {
             p.write_all(&delivery()).unwrap();
         }
-        let thread = std::thread::spawn(move || {
-            // The generator's process sets its window before the run starts.
-            stats::set_window(go.start, go.end);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(read_until_drained(receivers, go, None))?;
-            Ok::<_, io::Error>(stats::STATS.with(|s| std::mem::take(&mut *s.borrow_mut())))
-        });
+        let thread = read_on_a_thread(receivers, go, None);
         std::thread::sleep(Duration::from_millis(50));
         // While it runs: a keep-alive to answer, more deliveries, a close.
         peers[0]
@@ -341,15 +351,7 @@ mod tests {
         for p in &mut peers {
             p.write_all(&delivery()).unwrap();
         }
-        let thread = std::thread::spawn(move || {
-            stats::set_window(go.start, go.end);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(read_until_drained(receivers, go, Some(schedule)))?;
-            Ok::<_, io::Error>(stats::STATS.with(|s| std::mem::take(&mut *s.borrow_mut())))
-        });
+        let thread = read_on_a_thread(receivers, go, Some(schedule));
         // After the one read: nobody reads this.
         std::thread::sleep(Duration::from_millis(350));
         peers[0].write_all(&delivery()).unwrap();

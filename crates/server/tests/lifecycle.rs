@@ -269,28 +269,20 @@ async fn the_server_drops_closed_clients_from_its_tables() {
 
 #[tokio::test]
 async fn a_large_topic_served_by_two_threads_gets_every_publication_in_order() {
-    let server = pubsub_server::Server::builder()
-        .config(test_config())
-        .authenticator(pubsub_server::DevAuth)
-        .build()
-        .unwrap();
-    let running = server
-        .bind_threads("127.0.0.1:0".parse().unwrap(), 2)
-        .await
-        .unwrap();
-    let url = format!("ws://{}", running.local_addr());
+    let server = TestServer::start_threads(2).await;
+    let url = &server.url;
     // More members than a flusher writes per turn: each publication is a
     // sweep that the thread it arrives on shares with the other one.
     let mut members = Vec::new();
     for i in 0..300 {
-        let member = Client::connect(client_config(&url, &format!("m{i}")))
+        let member = Client::connect(client_config(url, &format!("m{i}")))
             .await
             .unwrap();
         member.join("big").await.unwrap();
         members.push(member);
     }
     let mut inboxes: Vec<_> = members.iter().map(|m| inbox(m, "N")).collect();
-    let publisher = Client::connect(client_config(&url, "publisher"))
+    let publisher = Client::connect(client_config(url, "publisher"))
         .await
         .unwrap();
     let publications = 20;
@@ -306,35 +298,25 @@ async fn a_large_topic_served_by_two_threads_gets_every_publication_in_order() {
             assert_eq!(recv(rx).await.action["n"], n);
         }
     }
-    let report = running.shutdown().await;
+    let report = server.running.shutdown().await;
     assert!(report.clean, "{report:?}");
 }
 
 #[tokio::test]
 async fn thread_per_core_serving_reaches_every_connection_and_shuts_down() {
-    let server = pubsub_server::Server::builder()
-        .config(test_config())
-        .authenticator(pubsub_server::DevAuth)
-        .build()
-        .unwrap();
-    let running = server
-        .bind_threads("127.0.0.1:0".parse().unwrap(), 3)
-        .await
-        .unwrap();
-    let url = format!("ws://{}", running.local_addr());
+    let server = TestServer::start_threads(3).await;
+    let url = &server.url;
     // Enough connections that the kernel spreads them over all three threads.
     let mut clients = Vec::new();
     for i in 0..30 {
         clients.push(
-            Client::connect(client_config(&url, &format!("u{}", i % 10)))
+            Client::connect(client_config(url, &format!("u{}", i % 10)))
                 .await
                 .unwrap(),
         );
     }
     let mut inboxes: Vec<_> = clients.iter().map(|c| inbox(c, "HELLO")).collect();
-    let sender = Client::connect(client_config(&url, "sender"))
-        .await
-        .unwrap();
+    let sender = Client::connect(client_config(url, "sender")).await.unwrap();
     let to: Vec<String> = (0..10).map(|u| format!("u{u}")).collect();
     let ack = sender
         .send_to_user(&json!({"type": "HELLO"}), to)
@@ -351,7 +333,7 @@ async fn thread_per_core_serving_reaches_every_connection_and_shuts_down() {
     let p = sender.presence(["u0"]).await.unwrap();
     assert_eq!(p["u0"].clients, 3);
 
-    let report = running.shutdown().await;
+    let report = server.running.shutdown().await;
     assert!(report.clean, "{report:?}");
     for c in &clients {
         c.wait_for_status(Status::Connecting).await;

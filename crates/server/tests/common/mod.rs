@@ -56,6 +56,22 @@ impl TestServer {
         Self { running, url }
     }
 
+    /// A server on `workers` threads, each with its own runtime and
+    /// listener, as `pubsub serve` runs one per core.
+    pub async fn start_threads(workers: usize) -> Self {
+        let server = Server::builder()
+            .config(test_config())
+            .authenticator(DevAuth)
+            .build()
+            .unwrap();
+        let running = server
+            .bind_threads("127.0.0.1:0".parse().unwrap(), workers)
+            .await
+            .unwrap();
+        let url = format!("ws://{}", running.local_addr());
+        Self { running, url }
+    }
+
     pub fn http(&self, path: &str) -> String {
         format!("http://{}{}", self.running.local_addr(), path)
     }
