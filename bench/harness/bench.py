@@ -36,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import svg  # noqa: E402
+import timeline  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "bench"
@@ -498,6 +499,12 @@ def host_lines(hosts):
 WORKLOAD_SETTINGS = {"slow-consumer": ("PUBSUB_SERVER__MAX_OUTBOUND_BYTES",)}
 
 
+def run_name(workload, target, params):
+    """A run's name in --perf and --trace directories."""
+    size = params.get('conns') or params.get('subs') or params.get('users') or ''
+    return f"{workload}-{target}-{size}-{params.get('rate') or ''}"
+
+
 def run_one(env, workload, target, params, server_env=None):
     """Starts the server, runs the generator, returns the result dict (or an error dict)."""
     bg = wait_quiet(env.args.wait_quiet) if env.args.wait_quiet else background_cpu()
@@ -517,19 +524,30 @@ def run_one(env, workload, target, params, server_env=None):
         gargs = gen_args(workload, params) + ["--target", GEN_TARGET.get(target, target), "--port", str(srv.port),
                                                "--server-pid", str(srv.pid)] + GEN_ARGS.get(target, [])
         cmd = env.pin(env.gen_core, [str(env.bin_dir / "pubsub-bench")] + gargs)
+        gen_env = None
+        if env.args.trace:
+            # Every delivery as a row, for bench/latency-over-time: one
+            # directory per run, never mixed with an earlier one's rows.
+            stem = Path(env.args.trace) / run_name(workload, target, params)
+            rows_dir, n = stem, 1
+            while rows_dir.exists():
+                n += 1
+                rows_dir = stem.with_name(f"{stem.name}-{n}")
+            gen_env = dict(os.environ, PUBSUB_BENCH_TRACE=str(rows_dir))
+            log(f"  trace: {rows_dir}")
         perf = None
         if env.args.perf:
             # Samples the server's CPU (software clock: works without hardware
             # counters) from the end of the warm-up for the measured window.
             out = Path(env.args.perf)
             out.mkdir(parents=True, exist_ok=True)
-            data = out / f"{workload}-{target}-{params.get('conns') or params.get('subs') or params.get('users') or ''}-{params.get('rate') or ''}.perf.data"
+            data = out / f"{run_name(workload, target, params)}.perf.data"
             secs = float(params.get("duration", 10))
             delay = float(params.get("warmup", 1)) + (6 if workload in ("fanout", "dm", "idle", "presence-churn") else 1)
             perf = subprocess.Popen(["sh", "-c", f"sleep {delay}; exec perf record -e cpu-clock -F 999 {env.args.perf_args} "
                                      f"-p {srv.pid} -o {data} -- sleep {secs}"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=gen_env,
                            timeout=60 + 4 * float(params.get("duration", 10)) + 600)
         if perf:
             perf.wait()
@@ -1169,6 +1187,14 @@ SMOKE = {
 
 
 def smoke(env, args):
+    with tempfile.TemporaryDirectory() as trace:
+        # Every smoke run is traced too, so that --trace cannot rot: each
+        # delivery counted is a row.
+        args.trace = trace
+        return smoke_runs(env, Path(trace))
+
+
+def smoke_runs(env, trace):
     failed, skipped = [], []
     t0 = time.time()
     for workload, p in SMOKE.items():
@@ -1192,6 +1218,11 @@ def smoke(env, args):
             failed.append(workload)
             print(f"FAIL {workload}: received {r['received']}, connected {r['conns']}, failed {r['connect_failed']} "
                   f"({r.get('first_error')})")
+            continue
+        traced = len(timeline.read_rows(trace / run_name(workload, "pubsub", p)))
+        if traced != r["received"]:
+            failed.append(workload)
+            print(f"FAIL {workload}: --trace wrote {traced} rows for {r['received']} deliveries")
     n = len(SMOKE)
     print(f"\nsmoke: {n - len(failed) - len(skipped)} passed, {len(failed)} failed, {len(skipped)} skipped "
           f"in {time.time() - t0:.0f}s")
@@ -1238,6 +1269,8 @@ def main():
     ap.add_argument("--server-core", default="0")
     ap.add_argument("--gen-core", default="1")
     ap.add_argument("--perf", help="record a perf profile of the server into this directory")
+    ap.add_argument("--trace", help="write every delivery's time and latency under this directory, one "
+                    "directory per run, for bench/latency-over-time")
     ap.add_argument("--perf-args", default="-g", help="extra perf record arguments [-g]")
     ap.add_argument("--server-env", action="append", help="extra KEY=VALUE for the PubSub server and the echo floor (repeatable; recorded in each result)")
     ap.add_argument("--write", help="report: replace the results section of this markdown file")

@@ -6,6 +6,7 @@ import unittest
 from pathlib import Path
 
 import bench
+import timeline
 
 
 def rpc_result(target, conns, per_s, p99_ms, rate=None):
@@ -50,6 +51,57 @@ class Verdicts(unittest.TestCase):
         line = self.floor_line(240_000, 260_000)
         self.assertIn("0.92×", line)
         self.assertIn("**met**", line)
+
+
+def closed_loop_rows(conns=100, latency_us=10_000, seconds=1.0, stall=None, slow=None):
+    """Rows of a closed loop: each connection answered every latency_us,
+    turns staggered; `stall` = (start_us, end_us) in which nothing is read
+    (reads due then happen at its end, late by what they waited);
+    `slow` = a connection whose every answer takes 5 times as long."""
+    rows = []
+    for c in range(conns):
+        lat = latency_us * (5 if c == slow else 1)
+        at = latency_us + c * latency_us // conns
+        while at < seconds * 1e6:
+            read, waited = at, lat
+            if stall and stall[0] <= at < stall[1]:
+                read, waited = stall[1], lat + stall[1] - at
+            rows.append((int(read), int(waited), str(c)))
+            at += lat
+    rows.sort()
+    return rows
+
+
+class LatencyOverTime(unittest.TestCase):
+    def test_a_steady_fair_loop_has_equal_connections_and_no_stalls(self):
+        a = timeline.analyse(closed_loop_rows())
+        self.assertAlmostEqual(a["conn_mean_min"], a["conn_mean_max"])
+        self.assertEqual(a["p99"], 10.0)
+        for slots in a["slots"].values():
+            self.assertEqual(slots["stalls"], [])
+            self.assertAlmostEqual(slots["rate_min"], slots["rate_max"], delta=0.02 * slots["rate_max"])
+
+    def test_a_stall_shows_as_slots_without_deliveries_not_as_an_unfair_connection(self):
+        a = timeline.analyse(closed_loop_rows(stall=(500_000, 530_000)))
+        self.assertGreater(a["p99"], 30)
+        stalled = [at for at, rate in a["slots"][10]["stalls"]]
+        self.assertTrue(any(480 <= at <= 530 for at in stalled), stalled)
+        self.assertLess(a["conn_mean_max"] / a["conn_mean_min"], 1.1)
+        # Each slot's own mean taken out, the stall's latency is gone.
+        self.assertLess(a["slots"][10]["steady_p99"], a["p99"])
+
+    def test_a_slow_connection_shows_in_the_spread_of_connection_means(self):
+        a = timeline.analyse(closed_loop_rows(slow=7))
+        self.assertAlmostEqual(a["conn_mean_max"] / a["conn_mean_min"], 5.0, places=1)
+
+    def test_rows_are_read_as_the_generator_writes_them(self):
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "41.trace").write_text("1000 250 7\n900 300 8\n")
+            (Path(d) / "42.trace").write_text("950 100 7\n")
+            self.assertEqual(timeline.run_dirs(d), [Path(d)])
+            rows = timeline.read_rows(d)
+        # Sorted by time; the same descriptor in two processes is two connections.
+        self.assertEqual(rows, [(900, 300, "41:8"), (950, 100, "42:7"), (1000, 250, "41:7")])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@
 //! thousands of times a second, at a cost to both cores).
 
 use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use mio::net::TcpStream;
@@ -44,6 +44,7 @@ impl Receiver {
     /// Only set-up's bytes need parsing on their own: what a read leaves is
     /// an incomplete frame, which only the next read can complete.
     fn read(&mut self, go: &Go, held: bool) {
+        stats::reading(self.stream.as_raw_fd() as u32);
         let target = self.target;
         let replies = &mut self.replies;
         let mut on = |p: &[u8]| {

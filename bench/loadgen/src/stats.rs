@@ -8,7 +8,9 @@
 //! every counted send is either received, or lost/late.
 
 use std::cell::{Cell, RefCell};
-use std::sync::LazyLock;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -162,6 +164,7 @@ pub fn scan_deliveries(payload: &[u8], now: u64) -> usize {
             if in_window(ts) {
                 s.received += 1;
                 let lat = now.saturating_sub(ts).max(1);
+                trace(now, lat);
                 if ts >= split {
                     let _ = s.hist_b.record(lat);
                 } else {
@@ -179,12 +182,69 @@ pub fn scan_deliveries(payload: &[u8], now: u64) -> usize {
 }
 
 pub fn record_latency(lat_us: u64, second: bool) {
+    if tracing() {
+        trace(now_us(), lat_us);
+    }
     STATS.with(|s| {
         let mut s = s.borrow_mut();
         s.received += 1;
         let h = if second { &mut s.hist_b } else { &mut s.hist };
         let _ = h.record(lat_us.max(1));
     });
+}
+
+/// Where every delivery counted is also written as a row, when the
+/// environment names a directory (`PUBSUB_BENCH_TRACE`; `bench/run --trace`
+/// sets it). A percentile cannot tell a few connections waiting longer from
+/// all of them waiting longer for a while; the rows can
+/// (`bench/latency-over-time`). Off, it costs one load per delivery.
+static TRACE_DIR: LazyLock<Option<PathBuf>> =
+    LazyLock::new(|| std::env::var_os("PUBSUB_BENCH_TRACE").map(PathBuf::from));
+
+/// Rows (time read in µs, latency in µs, connection) of this process, the
+/// receiving thread's and the main one's alike; only filled when tracing.
+static TRACE: Mutex<Vec<(u64, u32, u32)>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// The connection whose bytes are being parsed, for the trace's rows.
+    static READING: Cell<u32> = const { Cell::new(0) };
+}
+
+fn tracing() -> bool {
+    TRACE_DIR.is_some()
+}
+
+/// Names the connection (its descriptor) whose bytes are parsed next.
+pub fn reading(conn: u32) {
+    if tracing() {
+        READING.with(|r| r.set(conn));
+    }
+}
+
+fn trace(now: u64, lat_us: u64) {
+    if tracing() {
+        let conn = READING.with(|r| r.get());
+        let lat = u32::try_from(lat_us).unwrap_or(u32::MAX);
+        if let Ok(mut rows) = TRACE.lock() {
+            rows.push((now, lat, conn));
+        }
+    }
+}
+
+/// Writes this process's rows, if tracing, as `<dir>/<pid>.trace`: one line
+/// `read_us latency_us connection` per delivery.
+pub fn write_trace() -> std::io::Result<()> {
+    let Some(dir) = TRACE_DIR.as_ref() else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::File::create(dir.join(format!("{}.trace", std::process::id())))?;
+    let mut out = std::io::BufWriter::new(file);
+    let rows = std::mem::take(&mut *TRACE.lock().unwrap_or_else(|e| e.into_inner()));
+    for (at, lat, conn) in rows {
+        writeln!(out, "{at} {lat} {conn}")?;
+    }
+    out.flush()
 }
 
 /// A histogram as (value, count) pairs of its non-empty buckets: mergeable

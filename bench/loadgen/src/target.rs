@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use clap::ValueEnum;
@@ -618,6 +619,7 @@ impl Session {
 
     /// Reads and counts deliveries (the common receive path).
     pub fn read_deliveries(&mut self) -> io::Result<usize> {
+        stats::reading(self.stream.as_raw_fd() as u32);
         let mut found = 0;
         let mut on = |p: &[u8]| {
             found += stats::scan_deliveries(p, stats::now_us());
@@ -633,6 +635,7 @@ impl Session {
     /// timestamp: each is timed from the oldest send in `stamps` (answers
     /// come back in order on one connection).
     pub fn read_pongs(&mut self, stamps: &mut VecDeque<u64>) -> io::Result<usize> {
+        stats::reading(self.stream.as_raw_fd() as u32);
         let mut found = 0;
         let mut on = |p: &[u8]| {
             if p.starts_with(br#"{"event":"pusher:pong""#)

@@ -552,6 +552,7 @@ async fn run_child(w: Workload, index: usize, procs: usize) -> anyhow::Result<()
     let cpu1 = proc_cpu_s("self").unwrap_or(0.0);
     sleep_until(at(go.drain_end + 50_000)).await;
     let mut r = stats::take_result(ctl.ready.get() as u64, cpu1 - cpu0);
+    stats::write_trace().context("writing the trace")?;
     r.extra = ctl.extra.borrow().clone();
     PER_CONN.with(|v| {
         let mut v = v.borrow_mut();
