@@ -19,7 +19,9 @@ protobuf-compiler) into bench/.build/sockudo, which takes about 15 minutes on
 `bench/run host` prints what every result records about the host: its CPU,
 the kernel's speculative-execution mitigations, and gauges of the kernel's
 speed (a null system call, a 20-byte loopback write, and a sweep of such
-writes to 9,000 connections that a thread on the generator's core reads).
+writes to 9,000 connections that a thread on the generator's core reads)
+and of how steady the server's and the generator's cores are (the time a
+spinning thread loses on each, per second and at most at once).
 """
 
 import argparse
@@ -487,6 +489,12 @@ def host_lines(hosts):
             gauges.append(f"a 20-byte loopback write {v} µs")
         if (v := span("sweep_10k_ms", "{:.0f}")) is not None:
             gauges.append(f"a sweep of such writes to 10,000 read connections {v} ms")
+        for core, name in enumerate(("the server's", "the generator's")):
+            away = [x["away_ms_per_s"][core] for x in hs if len(x.get("away_ms_per_s") or ()) > core]
+            longest = [x["away_longest_ms"][core] for x in hs if len(x.get("away_longest_ms") or ()) > core]
+            if away and longest:
+                a = f"{min(away):.1f}" if f"{min(away):.1f}" == f"{max(away):.1f}" else f"{min(away):.1f}–{max(away):.1f}"
+                gauges.append(f"{name} core taken away {a} ms a second (at most {max(longest):.1f} ms at once)")
         mit = "; ".join(f"{k} {v.split(';')[0]}" for k, v in sorted((h.get("mitigations") or {}).items()))
         lines.append(f"{h.get('cpu') or 'unknown'} (family/model {h.get('cpu_family_model') or '?'}), "
                      f"{h.get('vcpus') or '?'} vCPUs{' under a hypervisor' if h.get('virtualized') else ''}, "

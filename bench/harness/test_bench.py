@@ -53,6 +53,18 @@ class Verdicts(unittest.TestCase):
         self.assertIn("**met**", line)
 
 
+class HostLines(unittest.TestCase):
+    def test_the_steadiness_gauge_shows_each_cores_range_and_longest_gap(self):
+        base = {"cpu": "AMD EPYC", "cpu_family_model": "25/17", "vcpus": 2, "virtualized": True,
+                "kernel": "6.18", "mitigations": {}}
+        hosts = [dict(base, away_ms_per_s=[3.84, 16.59], away_longest_ms=[0.98, 6.14]),
+                 dict(base, away_ms_per_s=[13.89, 9.63], away_longest_ms=[5.15, 2.09]),
+                 dict(base)]
+        [line] = bench.host_lines(hosts)
+        self.assertIn("the server's core taken away 3.8–13.9 ms a second (at most 5.2 ms at once)", line)
+        self.assertIn("the generator's core taken away 9.6–16.6 ms a second (at most 6.1 ms at once)", line)
+
+
 def closed_loop_rows(conns=100, latency_us=10_000, seconds=1.0, stall=None, slow=None):
     """Rows of a closed loop: each connection answered every latency_us,
     turns staggered; `stall` = (start_us, end_us) in which nothing is read

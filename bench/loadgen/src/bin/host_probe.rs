@@ -25,7 +25,14 @@
 //!   takes to write once to 10,000 such members: no server that writes to
 //!   each member separately from one core has a fan-out p99 below it.
 //!
-//! Each gauge is the median of several rounds, so a moment of noise from a
+//! - `away_ms_per_s`, `away_longest_ms`: how steady the two cores are. A
+//!   thread on each (this process's core and `--reader-core`) reads the
+//!   clock for `WATCH` without ever waiting; a gap over `AWAY_GAP` between
+//!   two readings is time its core gave to something else (another
+//!   process, a kernel thread, the hypervisor). The p99 of a closed loop
+//!   follows these dips more than its mean (docs/benchmarks.md, *rpc*).
+//!
+//! Each gauge but the last is the median of several rounds, so a moment of noise from a
 //! neighbour on the host does not decide it. Run it pinned to the core the
 //! server would use (bench/run does).
 
@@ -48,6 +55,13 @@ const SWEEP_ROUNDS: usize = 9;
 /// Between rounds, long enough for the reader to fall asleep in epoll, as it
 /// does between publications at a low rate.
 const SWEEP_PAUSE: Duration = Duration::from_millis(20);
+
+/// How long the steadiness gauge watches the cores.
+const WATCH: Duration = Duration::from_secs(2);
+/// A longer gap between two readings of the clock is time the core spent
+/// elsewhere: an interrupt takes microseconds, another task or the
+/// hypervisor far longer.
+const AWAY_GAP: Duration = Duration::from_micros(100);
 
 #[derive(Parser)]
 #[command(about = "How fast this host's kernel is at what the benchmarks spend their time on")]
@@ -209,15 +223,89 @@ fn sweep_write_us(reader_core: Option<usize>) -> io::Result<f64> {
     Ok(per_write)
 }
 
+/// The gaps a spinning thread saw between its readings of the clock.
+struct Away {
+    started: Instant,
+    last: Instant,
+    total: Duration,
+    longest: Duration,
+}
+
+impl Away {
+    fn new(now: Instant) -> Self {
+        Away {
+            started: now,
+            last: now,
+            total: Duration::ZERO,
+            longest: Duration::ZERO,
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.last);
+        if gap > AWAY_GAP {
+            self.total += gap;
+            self.longest = self.longest.max(gap);
+        }
+        self.last = now;
+    }
+
+    fn ms_per_s(&self) -> f64 {
+        let watched = self
+            .last
+            .saturating_duration_since(self.started)
+            .as_secs_f64();
+        if watched == 0.0 {
+            return 0.0;
+        }
+        self.total.as_secs_f64() * 1e3 / watched
+    }
+}
+
+/// Spins on the calling thread for `WATCH`, reading the clock.
+fn watch_this_core() -> Away {
+    let mut away = Away::new(Instant::now());
+    loop {
+        let now = Instant::now();
+        away.tick(now);
+        if now.saturating_duration_since(away.started) >= WATCH {
+            return away;
+        }
+    }
+}
+
+/// [`watch_this_core`] on this thread's core and, at the same time, on
+/// `other_core`.
+fn away(other_core: Option<usize>) -> io::Result<(Away, Away)> {
+    let other = std::thread::spawn(move || -> io::Result<Away> {
+        if let Some(core) = other_core {
+            pin_this_thread(core)?;
+        }
+        Ok(watch_this_core())
+    });
+    let here = watch_this_core();
+    let there = other
+        .join()
+        .map_err(|_| io::Error::other("the steadiness gauge's thread panicked"))??;
+    Ok((here, there))
+}
+
 fn main() -> io::Result<()> {
     let cli = Cli::parse();
     let syscall = null_syscall_ns();
     let write = loopback_write_us()?;
     let sweep = sweep_write_us(cli.reader_core)?;
     let sweep_10k_ms = sweep * 10_000.0 / 1_000.0;
+    let (here, there) = away(cli.reader_core)?;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "{{\"null_syscall_ns\":{syscall:.0},\"loopback_write_us\":{write:.2},\"loopback_pairs\":{PAIRS},\
-         \"sweep_write_us\":{sweep:.2},\"sweep_pairs\":{SWEEP_PAIRS},\"sweep_10k_ms\":{sweep_10k_ms:.1}}}"
+         \"sweep_write_us\":{sweep:.2},\"sweep_pairs\":{SWEEP_PAIRS},\"sweep_10k_ms\":{sweep_10k_ms:.1},\
+         \"away_ms_per_s\":[{:.2},{:.2}],\"away_longest_ms\":[{:.2},{:.2}]}}",
+        here.ms_per_s(),
+        there.ms_per_s(),
+        ms(here.longest),
+        ms(there.longest),
     );
     Ok(())
 }
@@ -273,6 +361,21 @@ mod tests {
         reader.join().expect("the reader ran")?;
         assert_eq!(read.load(Ordering::Relaxed), want);
         Ok(())
+    }
+
+    #[test]
+    fn only_gaps_longer_than_an_interrupt_count_as_time_away() {
+        let t0 = Instant::now();
+        let mut away = Away::new(t0);
+        away.tick(t0 + Duration::from_micros(20));
+        away.tick(t0 + Duration::from_micros(2_020));
+        away.tick(t0 + Duration::from_micros(2_070));
+        away.tick(t0 + Duration::from_micros(2_570));
+        away.tick(t0 + Duration::from_millis(1_000));
+        // 2 ms, 0.5 ms and 997.43 ms away; the 20 and 50 µs steps are not.
+        assert_eq!(away.longest, Duration::from_micros(997_430));
+        assert_eq!(away.total, Duration::from_micros(999_930));
+        assert!((away.ms_per_s() - 999.93).abs() < 1e-6);
     }
 
     #[test]
