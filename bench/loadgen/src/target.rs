@@ -592,6 +592,7 @@ impl Session {
     }
 
     fn process_pending(&mut self, on_data: &mut dyn FnMut(&[u8])) {
+        stats::reading(self.stream.as_raw_fd() as u32);
         let target = self.target;
         let replies = &mut self.replies;
         let closed = self
@@ -605,6 +606,7 @@ impl Session {
     /// Reads what is available (call after `stream.readable()`); data
     /// messages go to `on_data`. Sets `closed` when the peer went away.
     pub fn read(&mut self, on_data: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        stats::reading(self.stream.as_raw_fd() as u32);
         let target = self.target;
         let replies = &mut self.replies;
         let stream = &self.stream;
@@ -619,7 +621,6 @@ impl Session {
 
     /// Reads and counts deliveries (the common receive path).
     pub fn read_deliveries(&mut self) -> io::Result<usize> {
-        stats::reading(self.stream.as_raw_fd() as u32);
         let mut found = 0;
         let mut on = |p: &[u8]| {
             found += stats::scan_deliveries(p, stats::now_us());
@@ -635,7 +636,6 @@ impl Session {
     /// timestamp: each is timed from the oldest send in `stamps` (answers
     /// come back in order on one connection).
     pub fn read_pongs(&mut self, stamps: &mut VecDeque<u64>) -> io::Result<usize> {
-        stats::reading(self.stream.as_raw_fd() as u32);
         let mut found = 0;
         let mut on = |p: &[u8]| {
             if p.starts_with(br#"{"event":"pusher:pong""#)
