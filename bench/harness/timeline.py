@@ -87,7 +87,9 @@ def report(run_dir):
     a = analyse(read_rows(run_dir))
     if a is None:
         return [f"{run_dir}: no rows"]
-    k = lambda r: f"{r / 1000:.0f}k"  # noqa: E731
+    def k(rate):
+        return f"{rate / 1000:.0f}k"
+
     lines = [
         f"{run_dir}: {a['deliveries']} deliveries on {a['connections']} connections",
         f"  latency ms: mean {a['mean']:.2f}, p50 {a['p50']:.2f}, p90 {a['p90']:.2f}, "
