@@ -32,9 +32,9 @@
 //!   process, a kernel thread, the hypervisor). The p99 of a closed loop
 //!   follows these dips more than its mean (docs/benchmarks.md, *rpc*).
 //!
-//! Each gauge but the last is the median of several rounds, so a moment of noise from a
-//! neighbour on the host does not decide it. Run it pinned to the core the
-//! server would use (bench/run does).
+//! Each gauge but the last is the median of several rounds, so a moment of
+//! noise from a neighbour on the host does not decide it; the last is that
+//! noise. Run it pinned to the core the server would use (bench/run does).
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
