@@ -111,6 +111,7 @@ class LatencyOverTime(unittest.TestCase):
             (Path(d) / "41.trace").write_text("1000 250 7\n900 300 8\n")
             (Path(d) / "42.trace").write_text("950 100 7\n")
             self.assertEqual(timeline.run_dirs(d), [Path(d)])
+            self.assertEqual(timeline.run_dirs(Path(d) / "absent"), [])
             rows = timeline.read_rows(d)
         # Sorted by time; the same descriptor in two processes is two connections.
         self.assertEqual(rows, [(900, 300, "41:8"), (950, 100, "42:7"), (1000, 250, "41:7")])

@@ -110,6 +110,8 @@ def report(run_dir):
 def run_dirs(path):
     """A run's directory, or every run's under a --trace directory."""
     path = Path(path)
+    if not path.is_dir():
+        return []
     if any(path.glob("*.trace")):
         return [path]
     return sorted(p for p in path.iterdir() if p.is_dir() and any(p.glob("*.trace")))
