@@ -281,17 +281,22 @@ mod tests {
         (receiver, server)
     }
 
+    /// A window starting now, ending after `end_ms`, drained until `drain_ms`.
+    fn window_from_now(end_ms: u64, drain_ms: u64) -> Go {
+        let now = now_us();
+        Go {
+            go_at: now,
+            start: now,
+            end: now + end_ms * 1_000,
+            drain_end: now + drain_ms * 1_000,
+            split: u64::MAX,
+        }
+    }
+
     #[test]
     fn every_connection_is_read_timed_and_answered_until_the_drain_ends() {
         let _on = crate::ws::stamps_on();
-        let now = now_us();
-        let go = Go {
-            go_at: now,
-            start: now,
-            end: now + 300_000,
-            drain_end: now + 500_000,
-            split: u64::MAX,
-        };
+        let go = window_from_now(300, 500);
         let (mut receivers, mut peers): (Vec<_>, Vec<_>) = (0..3).map(|_| pair()).unzip();
         // One connection holds a delivery and half of the next from its
         // set-up; one delivery waits in each socket before the loop starts.
@@ -335,17 +340,10 @@ mod tests {
     #[test]
     fn on_a_schedule_nothing_is_read_between_the_scheduled_times() {
         let _on = crate::ws::stamps_on();
-        let now = now_us();
-        let go = Go {
-            go_at: now,
-            start: now,
-            end: now + 500_000,
-            drain_end: now + 600_000,
-            split: u64::MAX,
-        };
+        let go = window_from_now(500, 600);
         // One read, 200 ms from now; the next would be long after the drain.
         let schedule = ReadSchedule {
-            first_us: (now + 200_000) as f64,
+            first_us: (go.start + 200_000) as f64,
             every_us: 10e6,
         };
         let (receivers, mut peers): (Vec<_>, Vec<_>) = (0..3).map(|_| pair()).unzip();
